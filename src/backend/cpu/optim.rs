@@ -1,0 +1,89 @@
+//! Fused optimizer updates: one pass over parameter, gradient and state per tensor, in place.
+
+use super::CpuStorage;
+use crate::backend::{AdamParams, SgdParams};
+use crate::dtype::Real;
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+fn adam<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamParams) {
+    let t = h.step as i32;
+    let bc1 = 1.0 - h.beta1.powi(t);
+    let bc2 = 1.0 - h.beta2.powi(t);
+    let c = |x: f64| T::from_f64(x);
+    let (b1, b2, eps, wd) = (c(h.beta1), c(h.beta2), c(h.eps), c(h.weight_decay));
+    let (step_size, bc2_sqrt) = (c(h.lr / bc1), c(bc2.sqrt()));
+    let decay = c(1.0 - h.lr * h.weight_decay);
+    let f = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+        for i in 0..p.len() {
+            let mut gi = g[i];
+            if h.decoupled {
+                p[i] = p[i] * decay;
+            } else if h.weight_decay != 0.0 {
+                gi = gi + wd * p[i];
+            }
+            m[i] = b1 * m[i] + (T::ONE - b1) * gi;
+            v[i] = b2 * v[i] + (T::ONE - b2) * gi * gi;
+            // Same arithmetic order as PyTorch's Adam: step_size · m / (sqrt(v)/sqrt(bc2) + eps).
+            p[i] = p[i] - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+        }
+    };
+    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(f);
+}
+
+/// Adam or AdamW on one parameter, with state `m`, `v` of the parameter's dtype (f32 or f64).
+pub fn adam_update(p: &mut CpuStorage, g: &CpuStorage, m: &mut CpuStorage, v: &mut CpuStorage, h: AdamParams) -> Result<()> {
+    match (p, g, m, v) {
+        (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => adam(p, g, m, v, h),
+        (CpuStorage::F64(p), CpuStorage::F64(g), CpuStorage::F64(m), CpuStorage::F64(v)) => adam(p, g, m, v, h),
+        (p, g, ..) => {
+            return Err(Error::UnsupportedDType {
+                op: "adam",
+                dtype: if p.dtype() == g.dtype() { p.dtype() } else { g.dtype() },
+                detail: "the CPU optimizer updates f32 or f64 parameters with state of the same dtype",
+            })
+        }
+    }
+    Ok(())
+}
+
+fn sgd<T: Real>(p: &mut [T], g: &[T], buf: Option<&mut [T]>, h: SgdParams) {
+    let c = |x: f64| T::from_f64(x);
+    let (lr, mom, damp, wd) = (c(h.lr), c(h.momentum), c(1.0 - h.dampening), c(h.weight_decay));
+    match buf {
+        None => p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(p, g)| {
+            for i in 0..p.len() {
+                let gi = g[i] + wd * p[i];
+                p[i] = p[i] - lr * gi;
+            }
+        }),
+        Some(b) => p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(b.par_chunks_mut(CHUNK)).for_each(|((p, g), b)| {
+            for i in 0..p.len() {
+                let gi = g[i] + wd * p[i];
+                b[i] = if h.first_step { gi } else { mom * b[i] + damp * gi };
+                let d = if h.nesterov { gi + mom * b[i] } else { b[i] };
+                p[i] = p[i] - lr * d;
+            }
+        }),
+    }
+}
+
+/// SGD with optional momentum buffer, on one parameter.
+pub fn sgd_update(p: &mut CpuStorage, g: &CpuStorage, buf: Option<&mut CpuStorage>, h: SgdParams) -> Result<()> {
+    match (p, g, buf) {
+        (CpuStorage::F32(p), CpuStorage::F32(g), None) => sgd(p, g, None, h),
+        (CpuStorage::F32(p), CpuStorage::F32(g), Some(CpuStorage::F32(b))) => sgd(p, g, Some(b), h),
+        (CpuStorage::F64(p), CpuStorage::F64(g), None) => sgd(p, g, None, h),
+        (CpuStorage::F64(p), CpuStorage::F64(g), Some(CpuStorage::F64(b))) => sgd(p, g, Some(b), h),
+        (p, ..) => {
+            return Err(Error::UnsupportedDType {
+                op: "sgd",
+                dtype: p.dtype(),
+                detail: "the CPU optimizer updates f32 or f64 parameters with state of the same dtype",
+            })
+        }
+    }
+    Ok(())
+}

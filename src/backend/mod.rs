@@ -1,0 +1,99 @@
+//! What a backend provides: storage for elements and the kernels the ops call. Ops in `crate::ops` are
+//! written once against `Storage`; each backend (CPU now, CUDA beside it) implements these entry points,
+//! so adding a device never touches an op's definition or its backward rule.
+
+pub mod cpu;
+mod storage;
+
+pub use storage::Storage;
+
+/// Elementwise functions of one tensor. Scalars ride in the op so one kernel serves every scalar form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Recip,
+    Abs,
+    Sign,
+    Tanh,
+    Sigmoid,
+    Relu,
+    /// GELU with the tanh approximation (GPT-2's).
+    GeluTanh,
+    /// Exact GELU, x·Φ(x) with erf.
+    GeluErf,
+    Silu,
+    /// d/dx of GeluTanh, for the backward pass.
+    GeluTanhGrad,
+    /// d/dx of GeluErf.
+    GeluErfGrad,
+    /// d/dx of Silu.
+    SiluGrad,
+    /// x^p.
+    Powf(f64),
+    /// min(max(x, lo), hi).
+    Clamp(f64, f64),
+    /// 1 where lo <= x <= hi, else 0: the clamp gradient mask.
+    InRange(f64, f64),
+    /// x·mul + add: every scalar add/sub/mul/div.
+    Affine { mul: f64, add: f64 },
+}
+
+/// Elementwise functions of two tensors of one dtype, broadcast like NumPy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+}
+
+/// Comparisons; the result is a U8 mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// Reductions over a set of dims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+}
+
+/// Hyper-parameters of one fused Adam/AdamW update.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamParams {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW's decoupled decay (p -= lr·wd·p) rather than Adam's L2 term added to the gradient.
+    pub decoupled: bool,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+/// Hyper-parameters of one fused SGD update.
+#[derive(Debug, Clone, Copy)]
+pub struct SgdParams {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    /// The first step initialises the momentum buffer with the gradient, as PyTorch does.
+    pub first_step: bool,
+}
