@@ -15,6 +15,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod ndarray_interop;
+pub mod nn;
 pub mod ops;
 pub mod rng;
 pub mod shape;

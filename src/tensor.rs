@@ -276,6 +276,26 @@ impl Tensor {
         Ok(self.storage().copy_strided(self.layout())?.to_cpu())
     }
 
+    /// Overwrites this tensor's elements in place with `src` (same shape, dtype and device), recording no
+    /// history: loading checkpoints, initialisers, parameter broadcasts.
+    pub fn assign(&self, src: &Tensor) -> Result<()> {
+        if src.dims() != self.dims() {
+            return Err(Error::shape("assign", format!("source shape {:?} differs from destination {:?}", src.dims(), self.dims())));
+        }
+        if src.dtype() != self.dtype() {
+            return Err(Error::DType { op: "assign", expected: self.dtype(), got: src.dtype() });
+        }
+        if src.device() != self.device() {
+            return Err(Error::Device { op: "assign", a: self.device(), b: src.device() });
+        }
+        if Arc::ptr_eq(self.storage_arc(), src.storage_arc()) {
+            let copy = src.storage().copy_strided(src.layout())?;
+            return self.storage_mut().copy_into(self.layout(), &copy, &Layout::contiguous(src.dims()));
+        }
+        let s = src.storage();
+        self.storage_mut().copy_into(self.layout(), &s, src.layout())
+    }
+
     /// Moves (copies) the tensor to another device; gradients flow back.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         if device == self.device() {

@@ -1,0 +1,5 @@
+//! Neural-network layers.
+
+mod module;
+
+pub use module::{join, Module};

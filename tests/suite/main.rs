@@ -1,0 +1,10 @@
+//! One integration-test crate (so the build links one binary); each file covers one area.
+
+mod common;
+mod errors;
+mod fixtures;
+mod gradcheck;
+mod io;
+mod nn;
+mod ops;
+mod optim;
