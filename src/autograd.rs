@@ -74,7 +74,10 @@ pub(crate) fn record(
 /// Runs backward from `root` with initial gradient `grad`.
 pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
     if !root.requires_grad() {
-        return Err(Error::invalid("backward", "the tensor does not require grad: no input of the graph that made it requires grad"));
+        return Err(Error::invalid(
+            "backward",
+            "the tensor does not require grad: no input of the graph that made it requires grad",
+        ));
     }
     // Topological order by iterative DFS over tensors that still hold nodes.
     let mut order: Vec<Tensor> = Vec::new();
@@ -119,7 +122,14 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
                 continue;
             }
             if ig.dims() != inp.dims() {
-                return Err(Error::shape(node.name, format!("backward produced a gradient of shape {:?} for an input of shape {:?}", ig.dims(), inp.dims())));
+                return Err(Error::shape(
+                    node.name,
+                    format!(
+                        "backward produced a gradient of shape {:?} for an input of shape {:?}",
+                        ig.dims(),
+                        inp.dims()
+                    ),
+                ));
             }
             let acc = match grads.remove(&inp.id()) {
                 Some(prev) => prev.add(&ig)?,

@@ -217,8 +217,8 @@ macro_rules! real {
                 // matrices and that dst does not alias the operands.
                 unsafe {
                     gemm::gemm(
-                        m, n, k, dst, dst_cs, dst_rs, false, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0, 1.0,
-                        false, false, false, par,
+                        m, n, k, dst, dst_cs, dst_rs, false, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0, 1.0, false,
+                        false, false, par,
                     )
                 }
             }

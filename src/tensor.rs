@@ -82,7 +82,10 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize], device: Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if data.len() != n {
-            return Err(Error::shape("from_vec", format!("{} elements cannot fill shape {shape:?} ({n} elements)", data.len())));
+            return Err(Error::shape(
+                "from_vec",
+                format!("{} elements cannot fill shape {shape:?} ({n} elements)", data.len()),
+            ));
         }
         let s = Storage::from_cpu(T::into_storage(data), device)?;
         Ok(Tensor::from_parts(Arc::new(RwLock::new(s)), Layout::contiguous(shape), true))
@@ -204,7 +207,10 @@ impl Tensor {
     pub fn set_grad(&self, g: Option<Tensor>) -> Result<()> {
         if let Some(g) = &g {
             if g.dims() != self.dims() || g.dtype() != self.dtype() {
-                return Err(Error::shape("set_grad", format!("gradient {:?} {} for a tensor {:?} {}", g.dims(), g.dtype(), self.dims(), self.dtype())));
+                return Err(Error::shape(
+                    "set_grad",
+                    format!("gradient {:?} {} for a tensor {:?} {}", g.dims(), g.dtype(), self.dims(), self.dtype()),
+                ));
             }
         }
         *lock(&self.0.grad) = g;
@@ -237,7 +243,13 @@ impl Tensor {
     /// them. The graph behind this tensor is freed.
     pub fn backward(&self) -> Result<()> {
         if self.numel() != 1 {
-            return Err(Error::shape("backward", format!("backward() needs a one-element tensor (a loss), got shape {:?}; use backward_with", self.dims())));
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "backward() needs a one-element tensor (a loss), got shape {:?}; use backward_with",
+                    self.dims()
+                ),
+            ));
         }
         let g = self.ones_like()?;
         crate::autograd::backward(self, g)
@@ -245,7 +257,10 @@ impl Tensor {
     /// Backpropagates with an explicit output gradient of this tensor's shape.
     pub fn backward_with(&self, grad: &Tensor) -> Result<()> {
         if grad.dims() != self.dims() {
-            return Err(Error::shape("backward_with", format!("gradient shape {:?} differs from tensor shape {:?}", grad.dims(), self.dims())));
+            return Err(Error::shape(
+                "backward_with",
+                format!("gradient shape {:?} differs from tensor shape {:?}", grad.dims(), self.dims()),
+            ));
         }
         crate::autograd::backward(self, grad.detach())
     }
@@ -267,7 +282,10 @@ impl Tensor {
     /// The value of a one-element tensor as f64.
     pub fn item(&self) -> Result<f64> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("item() needs a one-element tensor, got shape {:?}", self.dims())));
+            return Err(Error::shape(
+                "item",
+                format!("item() needs a one-element tensor, got shape {:?}", self.dims()),
+            ));
         }
         Ok(self.to_vec_f64()?[0])
     }
@@ -280,7 +298,10 @@ impl Tensor {
     /// history: loading checkpoints, initialisers, parameter broadcasts.
     pub fn assign(&self, src: &Tensor) -> Result<()> {
         if src.dims() != self.dims() {
-            return Err(Error::shape("assign", format!("source shape {:?} differs from destination {:?}", src.dims(), self.dims())));
+            return Err(Error::shape(
+                "assign",
+                format!("source shape {:?} differs from destination {:?}", src.dims(), self.dims()),
+            ));
         }
         if src.dtype() != self.dtype() {
             return Err(Error::DType { op: "assign", expected: self.dtype(), got: src.dtype() });

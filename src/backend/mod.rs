@@ -39,7 +39,10 @@ pub enum UnaryOp {
     /// 1 where lo <= x <= hi, else 0: the clamp gradient mask.
     InRange(f64, f64),
     /// x·mul + add: every scalar add/sub/mul/div.
-    Affine { mul: f64, add: f64 },
+    Affine {
+        mul: f64,
+        add: f64,
+    },
 }
 
 /// Elementwise functions of two tensors of one dtype, broadcast like NumPy.

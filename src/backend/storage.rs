@@ -85,7 +85,9 @@ impl Storage {
     }
     pub fn where_cond(&self, lm: &Layout, a: &Storage, la: &Layout, b: &Storage, lb: &Layout) -> Result<Storage> {
         match (self, a, b) {
-            (Storage::Cpu(m), Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::where_cond(m, lm, a, la, b, lb)?)),
+            (Storage::Cpu(m), Storage::Cpu(a), Storage::Cpu(b)) => {
+                Ok(Storage::Cpu(cpu::where_cond(m, lm, a, la, b, lb)?))
+            }
         }
     }
     pub fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Storage> {
@@ -130,7 +132,14 @@ impl Storage {
         }
     }
     /// Layer norm (or RMS norm) over contiguous rows of length `n`; weight and bias contiguous.
-    pub fn norm_forward(&self, w: Option<&Storage>, b: Option<&Storage>, n: usize, eps: f64, rms: bool) -> Result<NormStats> {
+    pub fn norm_forward(
+        &self,
+        w: Option<&Storage>,
+        b: Option<&Storage>,
+        n: usize,
+        eps: f64,
+        rms: bool,
+    ) -> Result<NormStats> {
         match self {
             Storage::Cpu(x) => {
                 let (w, b) = (w.map(|Storage::Cpu(c)| c), b.map(|Storage::Cpu(c)| c));
@@ -166,7 +175,13 @@ impl Storage {
             Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_forward(x, t, c, ignore)?)),
         }
     }
-    pub fn cross_entropy_backward(&self, targets: &Storage, grad_rows: &Storage, c: usize, ignore: i64) -> Result<Storage> {
+    pub fn cross_entropy_backward(
+        &self,
+        targets: &Storage,
+        grad_rows: &Storage,
+        c: usize,
+        ignore: i64,
+    ) -> Result<Storage> {
         let t = i64s("cross_entropy", targets)?;
         match (self, grad_rows) {
             (Storage::Cpu(x), Storage::Cpu(g)) => Ok(Storage::Cpu(cpu::cross_entropy_backward(x, t, g, c, ignore)?)),
@@ -191,7 +206,14 @@ impl Storage {
             Storage::Cpu(x) => Ok(Storage::Cpu(cpu::gather(x, shape, dim, i, idx_shape)?)),
         }
     }
-    pub fn scatter_add(&self, shape: &[usize], dim: usize, idx: &Storage, idx_shape: &[usize], src: &Storage) -> Result<Storage> {
+    pub fn scatter_add(
+        &self,
+        shape: &[usize],
+        dim: usize,
+        idx: &Storage,
+        idx_shape: &[usize],
+        src: &Storage,
+    ) -> Result<Storage> {
         let i = i64s("scatter_add", idx)?;
         match (self, src) {
             (Storage::Cpu(x), Storage::Cpu(s)) => Ok(Storage::Cpu(cpu::scatter_add(x, shape, dim, i, idx_shape, s)?)),

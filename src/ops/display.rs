@@ -15,7 +15,14 @@ fn fmt_value(v: f64, dtype: DType) -> String {
     }
 }
 
-fn write_dim(f: &mut fmt::Formatter<'_>, vals: &[f64], shape: &[usize], dtype: DType, summarise: bool, indent: usize) -> fmt::Result {
+fn write_dim(
+    f: &mut fmt::Formatter<'_>,
+    vals: &[f64],
+    shape: &[usize],
+    dtype: DType,
+    summarise: bool,
+    indent: usize,
+) -> fmt::Result {
     if shape.is_empty() {
         return write!(f, "{}", fmt_value(vals[0], dtype));
     }

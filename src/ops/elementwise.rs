@@ -212,14 +212,20 @@ impl Tensor {
         }
         let shape = crate::shape::broadcast_shapes(OP, mask.dims(), on_true.dims())?;
         let shape = crate::shape::broadcast_shapes(OP, &shape, on_false.dims())?;
-        let (lm, la, lb) =
-            (mask.layout().broadcast_to(&shape), on_true.layout().broadcast_to(&shape), on_false.layout().broadcast_to(&shape));
+        let (lm, la, lb) = (
+            mask.layout().broadcast_to(&shape),
+            on_true.layout().broadcast_to(&shape),
+            on_false.layout().broadcast_to(&shape),
+        );
         let s = mask.storage().where_cond(&lm, &on_true.storage(), &la, &on_false.storage(), &lb)?;
         let out = Tensor::from_storage(s, &shape);
         let (m, sa, sb) = (mask.clone(), on_true.dims().to_vec(), on_false.dims().to_vec());
         Ok(record(out, OP, &[on_true, on_false], move |g| {
             let z = g.zeros_like()?;
-            Ok(vec![Some(Tensor::where_cond(&m, g, &z)?.sum_to(&sa)?), Some(Tensor::where_cond(&m, &z, g)?.sum_to(&sb)?)])
+            Ok(vec![
+                Some(Tensor::where_cond(&m, g, &z)?.sum_to(&sa)?),
+                Some(Tensor::where_cond(&m, &z, g)?.sum_to(&sb)?),
+            ])
         }))
     }
     /// Replaces elements where `mask` is 1 with `value` (attention masking: value = -inf).
@@ -227,7 +233,10 @@ impl Tensor {
         let fill = Tensor::scalar(value, self.dtype(), self.device())?;
         let out = Tensor::where_cond(mask, &fill, self)?;
         if out.dims() != self.dims() {
-            return Err(Error::shape("masked_fill", format!("mask {:?} does not broadcast to {:?}", mask.dims(), self.dims())));
+            return Err(Error::shape(
+                "masked_fill",
+                format!("mask {:?} does not broadcast to {:?}", mask.dims(), self.dims()),
+            ));
         }
         Ok(out)
     }

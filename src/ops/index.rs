@@ -54,7 +54,15 @@ impl Tensor {
         let mut want = self.dims().to_vec();
         want[d] = index.numel();
         if index.rank() != 1 || src.dims() != want {
-            return Err(Error::shape(OP, format!("source {:?} with index {:?} does not fit {:?} along dim {d}", src.dims(), index.dims(), self.dims())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "source {:?} with index {:?} does not fit {:?} along dim {d}",
+                    src.dims(),
+                    index.dims(),
+                    self.dims()
+                ),
+            ));
         }
         let (x, idx, s) = (self.contiguous()?, index.contiguous()?, src.contiguous()?);
         let st = x.storage().index_add(x.dims(), d, &idx.storage(), &s.storage())?;
@@ -97,7 +105,10 @@ impl Tensor {
     fn check_scatter_shape(op: &'static str, x: &Tensor, d: usize, index: &Tensor) -> Result<()> {
         let ok = index.rank() == x.rank() && (0..x.rank()).all(|i| i == d || index.dims()[i] <= x.dims()[i]);
         if !ok {
-            return Err(Error::shape(op, format!("index {:?} does not fit {:?} outside dim {d}", index.dims(), x.dims())));
+            return Err(Error::shape(
+                op,
+                format!("index {:?} does not fit {:?} outside dim {d}", index.dims(), x.dims()),
+            ));
         }
         Ok(())
     }

@@ -10,7 +10,11 @@ impl Tensor {
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
         let rows = self.cross_entropy_per_row(targets, ignore_index)?;
         let count = targets.ne(&Tensor::scalar(ignore_index as f64, DType::I64, targets.device())?)?;
-        let count = count.count_nonzero()?.to_dtype(self.dtype())?.maximum(&Tensor::scalar(1.0, self.dtype(), self.device())?)?;
+        let count = count.count_nonzero()?.to_dtype(self.dtype())?.maximum(&Tensor::scalar(
+            1.0,
+            self.dtype(),
+            self.device(),
+        )?)?;
         rows.sum_all()?.div(&count)
     }
 
@@ -24,7 +28,15 @@ impl Tensor {
             return Err(Error::Device { op: OP, a: self.device(), b: targets.device() });
         }
         if self.rank() == 0 || &self.dims()[..self.rank() - 1] != targets.dims() {
-            return Err(Error::shape(OP, format!("logits {:?} need targets of shape {:?}, got {:?}", self.dims(), self.dims().get(..self.rank().saturating_sub(1)).unwrap_or(&[]), targets.dims())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "logits {:?} need targets of shape {:?}, got {:?}",
+                    self.dims(),
+                    self.dims().get(..self.rank().saturating_sub(1)).unwrap_or(&[]),
+                    targets.dims()
+                ),
+            ));
         }
         let c = self.dims()[self.rank() - 1];
         let x = self.contiguous()?;
@@ -42,7 +54,10 @@ impl Tensor {
     /// Mean squared error against a target of the same shape.
     pub fn mse_loss(&self, target: &Tensor) -> Result<Tensor> {
         if self.dims() != target.dims() {
-            return Err(Error::shape("mse_loss", format!("prediction {:?} and target {:?} differ", self.dims(), target.dims())));
+            return Err(Error::shape(
+                "mse_loss",
+                format!("prediction {:?} and target {:?} differ", self.dims(), target.dims()),
+            ));
         }
         let d = self.sub(target)?;
         d.mul(&d)?.mean_all()

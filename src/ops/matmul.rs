@@ -12,7 +12,10 @@ impl Tensor {
         const OP: &str = "matmul";
         check_same(OP, self, rhs)?;
         if self.rank() == 0 || rhs.rank() == 0 {
-            return Err(Error::shape(OP, format!("needs at least 1-D operands, got {:?} and {:?}", self.dims(), rhs.dims())));
+            return Err(Error::shape(
+                OP,
+                format!("needs at least 1-D operands, got {:?} and {:?}", self.dims(), rhs.dims()),
+            ));
         }
         if self.rank() == 1 {
             return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);

@@ -5,7 +5,13 @@ use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// Layer norm over the last `normalized_shape.len()` dims: (x − mean)/sqrt(var + eps)·weight + bias.
-    pub fn layer_norm(&self, normalized_shape: &[usize], weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    pub fn layer_norm(
+        &self,
+        normalized_shape: &[usize],
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
         self.norm_impl("layer_norm", normalized_shape, weight, bias, eps, false)
     }
     /// RMS norm over the last `normalized_shape.len()` dims: x/sqrt(mean(x²) + eps)·weight.
@@ -23,12 +29,18 @@ impl Tensor {
     ) -> Result<Tensor> {
         let k = normalized_shape.len();
         if k == 0 || k > self.rank() || &self.dims()[self.rank() - k..] != normalized_shape {
-            return Err(Error::shape(name, format!("normalized shape {normalized_shape:?} is not the trailing shape of {:?}", self.dims())));
+            return Err(Error::shape(
+                name,
+                format!("normalized shape {normalized_shape:?} is not the trailing shape of {:?}", self.dims()),
+            ));
         }
         for p in [weight, bias].into_iter().flatten() {
             super::check_same(name, self, p)?;
             if p.dims() != normalized_shape {
-                return Err(Error::shape(name, format!("parameter shape {:?} differs from normalized shape {normalized_shape:?}", p.dims())));
+                return Err(Error::shape(
+                    name,
+                    format!("parameter shape {:?} differs from normalized shape {normalized_shape:?}", p.dims()),
+                ));
             }
         }
         let n: usize = normalized_shape.iter().product();

@@ -17,7 +17,13 @@ fn reduced_shape(shape: &[usize], dims: &[usize], keepdim: bool) -> Vec<usize> {
 }
 
 impl Tensor {
-    fn reduce_raw(&self, name: &'static str, dims: &[isize], keepdim: bool, op: ReduceOp) -> Result<(Tensor, Vec<usize>)> {
+    fn reduce_raw(
+        &self,
+        name: &'static str,
+        dims: &[isize],
+        keepdim: bool,
+        op: ReduceOp,
+    ) -> Result<(Tensor, Vec<usize>)> {
         let d = resolve_dims(name, dims, self.rank())?;
         let s = self.storage().reduce(self.layout(), &d, op)?;
         Ok((Tensor::from_storage(s, &reduced_shape(self.dims(), &d, keepdim)), d))
@@ -81,7 +87,9 @@ impl Tensor {
     }
     /// Count of non-zero mask entries etc.: sum of a U8/I64 tensor as I64 (no gradient).
     pub fn count_nonzero(&self) -> Result<Tensor> {
-        self.ne(&Tensor::scalar(0.0, self.dtype(), self.device())?)?.reduce_raw("count_nonzero", &[], false, ReduceOp::Sum).map(|(t, _)| t)
+        self.ne(&Tensor::scalar(0.0, self.dtype(), self.device())?)?
+            .reduce_raw("count_nonzero", &[], false, ReduceOp::Sum)
+            .map(|(t, _)| t)
     }
     /// Whether this is an integer or mask tensor (not differentiable).
     pub fn is_integral(&self) -> bool {

@@ -32,7 +32,10 @@ impl<T: ShapeArg + ?Sized> ShapeArg for &T {
 fn infer_shape(op: &'static str, dims: &[isize], numel: usize, from: &[usize]) -> Result<Vec<usize>> {
     let infer: Vec<usize> = (0..dims.len()).filter(|&i| dims[i] == -1).collect();
     if infer.len() > 1 || dims.iter().any(|&d| d < -1) {
-        return Err(Error::shape(op, format!("invalid target shape {dims:?}: at most one -1 and no other negative size")));
+        return Err(Error::shape(
+            op,
+            format!("invalid target shape {dims:?}: at most one -1 and no other negative size"),
+        ));
     }
     let known: usize = dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
     let mut out: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
@@ -128,7 +131,15 @@ impl Tensor {
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let d = resolve_dim("narrow", dim, self.rank())?;
         if start + len > self.dims()[d] {
-            return Err(Error::shape("narrow", format!("range {start}..{} exceeds size {} of dim {d} in {:?}", start + len, self.dims()[d], self.dims())));
+            return Err(Error::shape(
+                "narrow",
+                format!(
+                    "range {start}..{} exceeds size {} of dim {d} in {:?}",
+                    start + len,
+                    self.dims()[d],
+                    self.dims()
+                ),
+            ));
         }
         let out = self.view_with(self.layout().narrow(d, start, len));
         let full = self.dims().to_vec();
@@ -144,7 +155,10 @@ impl Tensor {
     pub fn squeeze(&self, dim: isize) -> Result<Tensor> {
         let d = resolve_dim("squeeze", dim, self.rank())?;
         if self.dims()[d] != 1 {
-            return Err(Error::shape("squeeze", format!("dim {d} of {:?} has size {}, not 1", self.dims(), self.dims()[d])));
+            return Err(Error::shape(
+                "squeeze",
+                format!("dim {d} of {:?} has size {}, not 1", self.dims(), self.dims()[d]),
+            ));
         }
         let out = self.view_with(self.layout().squeeze(d));
         Ok(record(out, "squeeze", &[self], move |g| Ok(vec![Some(g.unsqueeze(d as isize)?)])))
@@ -160,9 +174,10 @@ impl Tensor {
     /// A view broadcast to `shape` (size-1 dims repeat without copying); the gradient is summed back.
     pub fn expand(&self, shape: impl ShapeArg) -> Result<Tensor> {
         let dims = shape.to_dims();
-        let extra = dims.len().checked_sub(self.rank()).ok_or_else(|| {
-            Error::shape("expand", format!("cannot expand {:?} to fewer dims {dims:?}", self.dims()))
-        })?;
+        let extra = dims
+            .len()
+            .checked_sub(self.rank())
+            .ok_or_else(|| Error::shape("expand", format!("cannot expand {:?} to fewer dims {dims:?}", self.dims())))?;
         let mut target = Vec::with_capacity(dims.len());
         for (i, &d) in dims.iter().enumerate() {
             let own = if i >= extra { Some(self.dims()[i - extra]) } else { None };
@@ -216,7 +231,10 @@ impl Tensor {
             super::check_same("cat", first, t)?;
             let ok = t.rank() == first.rank() && (0..t.rank()).all(|i| i == d || t.dims()[i] == first.dims()[i]);
             if !ok {
-                return Err(Error::shape("cat", format!("shapes {:?} and {:?} differ outside dim {d}", first.dims(), t.dims())));
+                return Err(Error::shape(
+                    "cat",
+                    format!("shapes {:?} and {:?} differ outside dim {d}", first.dims(), t.dims()),
+                ));
             }
             shape[d] += t.dims()[d];
         }

@@ -19,7 +19,10 @@ impl Tensor {
         let last = self.rank() - 1;
         // The kernels work on rows of the last dim; another dim is moved there and back (views).
         if d != last {
-            return self.transpose(d as isize, last as isize)?.softmax_impl(-1, log)?.transpose(d as isize, last as isize);
+            return self
+                .transpose(d as isize, last as isize)?
+                .softmax_impl(-1, log)?
+                .transpose(d as isize, last as isize);
         }
         let n = self.dims()[last];
         let s = self.storage().softmax(self.layout(), log)?;

@@ -222,7 +222,14 @@ pub fn where_cond(
     let CpuStorage::U8(m) = mask else {
         return Err(Error::DType { op: "where", expected: crate::DType::U8, got: mask.dtype() });
     };
-    fn go<T: Copy + Send + Sync + Default>(m: &[u8], lm: &Layout, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    fn go<T: Copy + Send + Sync + Default>(
+        m: &[u8],
+        lm: &Layout,
+        a: &[T],
+        la: &Layout,
+        b: &[T],
+        lb: &Layout,
+    ) -> Vec<T> {
         let plan = RowPlan::new([lm, la, lb]);
         let mut out = vec![T::default(); lm.numel()];
         let [sm, sa, sb] = plan.inner_strides;

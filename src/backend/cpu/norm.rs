@@ -57,7 +57,14 @@ pub struct NormGrads {
     pub bias: Option<CpuStorage>,
 }
 
-fn norm_fwd<T: Real>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, n: usize, eps: f64, rms: bool) -> (Vec<T>, Vec<T>, Vec<T>) {
+fn norm_fwd<T: Real>(
+    x: &[T],
+    w: Option<&[T]>,
+    b: Option<&[T]>,
+    n: usize,
+    eps: f64,
+    rms: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = if n == 0 { 0 } else { x.len() / n };
     let mut y = vec![T::ZERO; x.len()];
     let mut mean = vec![T::ZERO; rows];

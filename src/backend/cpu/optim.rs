@@ -30,11 +30,21 @@ fn adam<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamParams) 
             p[i] = p[i] - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
         }
     };
-    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(f);
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(f);
 }
 
 /// Adam or AdamW on one parameter, with state `m`, `v` of the parameter's dtype (f32 or f64).
-pub fn adam_update(p: &mut CpuStorage, g: &CpuStorage, m: &mut CpuStorage, v: &mut CpuStorage, h: AdamParams) -> Result<()> {
+pub fn adam_update(
+    p: &mut CpuStorage,
+    g: &CpuStorage,
+    m: &mut CpuStorage,
+    v: &mut CpuStorage,
+    h: AdamParams,
+) -> Result<()> {
     match (p, g, m, v) {
         (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => adam(p, g, m, v, h),
         (CpuStorage::F64(p), CpuStorage::F64(g), CpuStorage::F64(m), CpuStorage::F64(v)) => adam(p, g, m, v, h),
@@ -59,14 +69,16 @@ fn sgd<T: Real>(p: &mut [T], g: &[T], buf: Option<&mut [T]>, h: SgdParams) {
                 p[i] = p[i] - lr * gi;
             }
         }),
-        Some(b) => p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(b.par_chunks_mut(CHUNK)).for_each(|((p, g), b)| {
-            for i in 0..p.len() {
-                let gi = g[i] + wd * p[i];
-                b[i] = if h.first_step { gi } else { mom * b[i] + damp * gi };
-                let d = if h.nesterov { gi + mom * b[i] } else { b[i] };
-                p[i] = p[i] - lr * d;
-            }
-        }),
+        Some(b) => {
+            p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(b.par_chunks_mut(CHUNK)).for_each(|((p, g), b)| {
+                for i in 0..p.len() {
+                    let gi = g[i] + wd * p[i];
+                    b[i] = if h.first_step { gi } else { mom * b[i] + damp * gi };
+                    let d = if h.nesterov { gi + mom * b[i] } else { b[i] };
+                    p[i] = p[i] - lr * d;
+                }
+            })
+        }
     }
 }
 

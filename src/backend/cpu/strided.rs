@@ -57,7 +57,10 @@ impl<const N: usize> RowPlan<N> {
         }
         if out.len() >= PAR_THRESHOLD && self.rows > 1 {
             let min_rows = (PAR_THRESHOLD / 4 / self.inner).max(1);
-            out.par_chunks_mut(self.inner).enumerate().with_min_len(min_rows).for_each(|(r, o)| f(self.row_offsets(r), o));
+            out.par_chunks_mut(self.inner)
+                .enumerate()
+                .with_min_len(min_rows)
+                .for_each(|(r, o)| f(self.row_offsets(r), o));
         } else {
             out.chunks_mut(self.inner).enumerate().for_each(|(r, o)| f(self.row_offsets(r), o));
         }
@@ -125,10 +128,18 @@ pub fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
     }
     // Go through f32 where that is exact (bf16/f16 <-> f32) so no double rounding happens; otherwise f64.
     match (s, dtype) {
-        (CpuStorage::BF16(v), DType::F32) => CpuStorage::F32(gather_strided(v, layout).iter().map(|x| x.to_f32()).collect()),
-        (CpuStorage::F16(v), DType::F32) => CpuStorage::F32(gather_strided(v, layout).iter().map(|x| x.to_f32()).collect()),
-        (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(gather_strided(v, layout).iter().map(|&x| bf16::from_f32(x)).collect()),
-        (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(gather_strided(v, layout).iter().map(|&x| f16::from_f32(x)).collect()),
+        (CpuStorage::BF16(v), DType::F32) => {
+            CpuStorage::F32(gather_strided(v, layout).iter().map(|x| x.to_f32()).collect())
+        }
+        (CpuStorage::F16(v), DType::F32) => {
+            CpuStorage::F32(gather_strided(v, layout).iter().map(|x| x.to_f32()).collect())
+        }
+        (CpuStorage::F32(v), DType::BF16) => {
+            CpuStorage::BF16(gather_strided(v, layout).iter().map(|&x| bf16::from_f32(x)).collect())
+        }
+        (CpuStorage::F32(v), DType::F16) => {
+            CpuStorage::F16(gather_strided(v, layout).iter().map(|&x| f16::from_f32(x)).collect())
+        }
         _ => {
             let vals: Vec<f64> = super::any_with!(s, |v| gather_strided(v, layout)
                 .into_iter()
