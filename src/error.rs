@@ -24,6 +24,9 @@ pub enum Error {
     #[error("{op}: device {device:?} is not available: {detail}")]
     DeviceUnavailable { op: &'static str, device: Device, detail: String },
 
+    #[error("{op}: out of memory on {device}: asked for {requested} bytes, {free} bytes free")]
+    OutOfMemory { op: &'static str, device: Device, requested: usize, free: usize },
+
     #[error("{op}: index {index} is out of range for size {size}")]
     Index { op: &'static str, index: i64, size: usize },
 
@@ -46,9 +49,11 @@ impl Error {
     pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Invalid { op, detail: detail.into() }
     }
+    #[allow(dead_code)] // for io (checkpoints), which lands separately
     pub(crate) fn file(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
         Error::File { path: path.as_ref().display().to_string(), detail: detail.into() }
     }
+    #[allow(dead_code)]
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().display().to_string(), source }
     }

@@ -21,6 +21,7 @@ pub mod rng;
 pub mod shape;
 mod tensor;
 
+pub use backend::cuda;
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use backend::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 pub use device::Device;

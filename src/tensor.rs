@@ -272,7 +272,7 @@ impl Tensor {
         if self.dtype() != T::DTYPE {
             return Err(Error::DType { op: "to_vec", expected: T::DTYPE, got: self.dtype() });
         }
-        let c = self.storage().copy_strided(self.layout())?.to_cpu();
+        let c = self.storage().copy_strided(self.layout())?.to_cpu()?;
         Ok(T::slice(&c).expect("dtype checked").to_vec())
     }
     /// The elements converted to f64, whatever the dtype.
@@ -291,7 +291,7 @@ impl Tensor {
     }
     /// A contiguous CPU copy of the elements.
     pub(crate) fn to_cpu_storage(&self) -> Result<CpuStorage> {
-        Ok(self.storage().copy_strided(self.layout())?.to_cpu())
+        self.storage().copy_strided(self.layout())?.to_cpu()
     }
 
     /// Overwrites this tensor's elements in place with `src` (same shape, dtype and device), recording no

@@ -3,6 +3,7 @@
 //! so adding a device never touches an op's definition or its backward rule.
 
 pub mod cpu;
+pub mod cuda;
 mod storage;
 
 pub use storage::Storage;

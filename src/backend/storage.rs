@@ -2,6 +2,7 @@
 //! method matches on the device; the CUDA backend adds its variant and arms here, nothing in `ops` changes.
 
 use super::cpu::{self, CpuStorage};
+use super::cuda::{self as cu, CudaStorage};
 use super::{AdamParams, BinaryOp, CmpOp, ReduceOp, SgdParams, UnaryOp};
 use crate::shape::Layout;
 use crate::{DType, Device, Error, Result};
@@ -10,6 +11,7 @@ use crate::{DType, Device, Error, Result};
 #[derive(Debug, Clone)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
 }
 
 /// Results of a normalisation's forward pass: output, per-row mean and 1/std (compute dtype).
@@ -18,7 +20,34 @@ pub type NormStats = (Storage, Storage, Storage);
 fn i64s<'a>(op: &'static str, s: &'a Storage) -> Result<&'a [i64]> {
     match s {
         Storage::Cpu(CpuStorage::I64(v)) => Ok(v),
-        other => Err(Error::DType { op, expected: DType::I64, got: other.dtype() }),
+        Storage::Cpu(other) => Err(Error::DType { op, expected: DType::I64, got: other.dtype() }),
+        Storage::Cuda(c) => Err(Error::Device { op, a: Device::Cpu, b: c.device() }),
+    }
+}
+
+/// The CUDA storage of an operand, or an Err naming both devices.
+fn cu<'a>(op: &'static str, s: &'a Storage, other: Device) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        Storage::Cpu(_) => Err(Error::Device { op, a: other, b: Device::Cpu }),
+    }
+}
+fn cu_mut<'a>(op: &'static str, s: &'a mut Storage, other: Device) -> Result<&'a mut CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        Storage::Cpu(_) => Err(Error::Device { op, a: other, b: Device::Cpu }),
+    }
+}
+fn cpu_of<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
+        Storage::Cuda(c) => Err(Error::Device { op, a: Device::Cpu, b: c.device() }),
+    }
+}
+fn cpu_mut<'a>(op: &'static str, s: &'a mut Storage) -> Result<&'a mut CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
+        Storage::Cuda(c) => Err(Error::Device { op, a: Device::Cpu, b: c.device() }),
     }
 }
 
@@ -26,109 +55,142 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(c) => c.device(),
         }
     }
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(c) => c.dtype(),
         }
     }
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            Storage::Cuda(c) => c.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// A CPU copy of the elements (a cheap borrow-and-clone on the CPU itself).
-    pub fn to_cpu(&self) -> CpuStorage {
+    /// A CPU copy of the elements (a clone on the CPU; a device-to-host copy that waits for the device).
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
         match self {
-            Storage::Cpu(s) => s.clone(),
+            Storage::Cpu(s) => Ok(s.clone()),
+            Storage::Cuda(c) => c.to_cpu(),
         }
     }
     /// Moves CPU elements to `device`.
     pub fn from_cpu(s: CpuStorage, device: Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(s)),
-            d => Err(cuda_missing("to_device", d)),
+            Device::Cuda(i) => Ok(Storage::Cuda(CudaStorage::from_cpu(&s, i)?)),
         }
     }
     pub fn full(device: Device, dtype: DType, n: usize, value: f64) -> Result<Storage> {
-        Storage::from_cpu(CpuStorage::full(dtype, n, value), device)
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::full(dtype, n, value))),
+            Device::Cuda(i) => Ok(Storage::Cuda(cu::full(i, dtype, n, value)?)),
+        }
     }
     /// `n` uniform [0,1) numbers of the Philox stream (seed, block), as `dtype`.
     pub fn uniform(device: Device, dtype: DType, n: usize, seed: u64, block: u64) -> Result<Storage> {
-        let v = crate::rng::uniform_from(seed, block, n);
-        Storage::from_cpu(CpuStorage::from_f32s(dtype, v), device)
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f32s(dtype, crate::rng::uniform_from(seed, block, n)))),
+            Device::Cuda(i) => Ok(Storage::Cuda(cu::uniform(i, dtype, n, seed, block)?)),
+        }
     }
     /// `n` standard normal numbers of the Philox stream (seed, block), as `dtype`.
     pub fn normal(device: Device, dtype: DType, n: usize, seed: u64, block: u64) -> Result<Storage> {
-        let v = crate::rng::normal_from(seed, block, n);
-        Storage::from_cpu(CpuStorage::from_f64s(dtype, &v), device)
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f64s(dtype, &crate::rng::normal_from(seed, block, n)))),
+            Device::Cuda(i) => Ok(Storage::Cuda(cu::normal(i, dtype, n, seed, block)?)),
+        }
     }
 
     pub fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::unary(s, l, op)?)),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::unary(c, l, op)?)),
         }
     }
     pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
-        match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::binary(a, l, b, rl, op)?)),
+        const OP: &str = "binary";
+        match self {
+            Storage::Cpu(a) => Ok(Storage::Cpu(cpu::binary(a, l, cpu_of(OP, rhs)?, rl, op)?)),
+            Storage::Cuda(a) => Ok(Storage::Cuda(cu::binary(a, l, cu(OP, rhs, a.device())?, rl, op)?)),
         }
     }
     pub fn compare(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: CmpOp) -> Result<Storage> {
-        match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::compare(a, l, b, rl, op)?)),
+        const OP: &str = "compare";
+        match self {
+            Storage::Cpu(a) => Ok(Storage::Cpu(cpu::compare(a, l, cpu_of(OP, rhs)?, rl, op)?)),
+            Storage::Cuda(a) => Ok(Storage::Cuda(cu::compare(a, l, cu(OP, rhs, a.device())?, rl, op)?)),
         }
     }
     pub fn where_cond(&self, lm: &Layout, a: &Storage, la: &Layout, b: &Storage, lb: &Layout) -> Result<Storage> {
-        match (self, a, b) {
-            (Storage::Cpu(m), Storage::Cpu(a), Storage::Cpu(b)) => {
-                Ok(Storage::Cpu(cpu::where_cond(m, lm, a, la, b, lb)?))
+        const OP: &str = "where";
+        match self {
+            Storage::Cpu(m) => Ok(Storage::Cpu(cpu::where_cond(m, lm, cpu_of(OP, a)?, la, cpu_of(OP, b)?, lb)?)),
+            Storage::Cuda(m) => {
+                let d = m.device();
+                Ok(Storage::Cuda(cu::where_cond(m, lm, cu(OP, a, d)?, la, cu(OP, b, d)?, lb)?))
             }
         }
     }
     pub fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::reduce(s, l, dims, op)?)),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::reduce(c, l, dims, op)?)),
         }
     }
     pub fn argmax(&self, l: &Layout, dim: usize) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::argmax(s, l, dim)?)),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::argmax(c, l, dim)?)),
         }
     }
     pub fn matmul(&self, l: &Layout, rhs: &Storage, rl: &Layout) -> Result<Storage> {
-        match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu::matmul(a, l, b, rl)?)),
+        const OP: &str = "matmul";
+        match self {
+            Storage::Cpu(a) => Ok(Storage::Cpu(cpu::matmul(a, l, cpu_of(OP, rhs)?, rl)?)),
+            Storage::Cuda(a) => Ok(Storage::Cuda(cu::matmul(a, l, cu(OP, rhs, a.device())?, rl)?)),
         }
     }
     pub fn copy_strided(&self, l: &Layout) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::copy_strided(s, l))),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::cast(c, l, c.dtype())?)),
         }
     }
     pub fn copy_into(&mut self, dl: &Layout, src: &Storage, sl: &Layout) -> Result<()> {
-        match (self, src) {
-            (Storage::Cpu(d), Storage::Cpu(s)) => cpu::copy_into(d, dl, s, sl),
+        const OP: &str = "copy_into";
+        match self {
+            Storage::Cpu(d) => cpu::copy_into(d, dl, cpu_of(OP, src)?, sl),
+            Storage::Cuda(d) => {
+                let dev = d.device();
+                cu::copy_into(d, dl, cu(OP, src, dev)?, sl)
+            }
         }
     }
     pub fn cast(&self, l: &Layout, dtype: DType) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::cast(s, l, dtype))),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::cast(c, l, dtype)?)),
         }
     }
     pub fn softmax(&self, l: &Layout, log: bool) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::softmax(s, l, log)?)),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::softmax(c, l, log)?)),
         }
     }
     /// Both operands contiguous with rows of length `n`.
     pub fn softmax_backward(&self, g: &Storage, n: usize, log: bool) -> Result<Storage> {
-        match (self, g) {
-            (Storage::Cpu(y), Storage::Cpu(g)) => Ok(Storage::Cpu(cpu::softmax_backward(y, g, n, log)?)),
+        const OP: &str = "softmax_backward";
+        match self {
+            Storage::Cpu(y) => Ok(Storage::Cpu(cpu::softmax_backward(y, cpu_of(OP, g)?, n, log)?)),
+            Storage::Cuda(y) => Ok(Storage::Cuda(cu::softmax_backward(y, cu(OP, g, y.device())?, n, log)?)),
         }
     }
     /// Layer norm (or RMS norm) over contiguous rows of length `n`; weight and bias contiguous.
@@ -140,11 +202,19 @@ impl Storage {
         eps: f64,
         rms: bool,
     ) -> Result<NormStats> {
+        const OP: &str = "layer_norm";
         match self {
             Storage::Cpu(x) => {
-                let (w, b) = (w.map(|Storage::Cpu(c)| c), b.map(|Storage::Cpu(c)| c));
+                let w = w.map(|s| cpu_of(OP, s)).transpose()?;
+                let b = b.map(|s| cpu_of(OP, s)).transpose()?;
                 let o = cpu::norm_forward(x, w, b, n, eps, rms)?;
                 Ok((Storage::Cpu(o.y), Storage::Cpu(o.mean), Storage::Cpu(o.rstd)))
+            }
+            Storage::Cuda(x) => {
+                let w = w.map(|s| cu(OP, s, x.device())).transpose()?;
+                let b = b.map(|s| cu(OP, s, x.device())).transpose()?;
+                let (y, m, r) = cu::norm_forward(x, w, b, n, eps, rms)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
             }
         }
     }
@@ -160,19 +230,30 @@ impl Storage {
         n: usize,
         rms: bool,
     ) -> Result<(Storage, Option<Storage>, Option<Storage>)> {
-        match (self, mean, rstd, g) {
-            (Storage::Cpu(x), Storage::Cpu(m), Storage::Cpu(r), Storage::Cpu(g)) => {
-                let w = w.map(|Storage::Cpu(c)| c);
-                let o = cpu::norm_backward(x, w, has_bias, m, r, g, n, rms)?;
+        const OP: &str = "layer_norm_backward";
+        match self {
+            Storage::Cpu(x) => {
+                let w = w.map(|s| cpu_of(OP, s)).transpose()?;
+                let o = cpu::norm_backward(x, w, has_bias, cpu_of(OP, mean)?, cpu_of(OP, rstd)?, cpu_of(OP, g)?, n, rms)?;
                 Ok((Storage::Cpu(o.x), o.weight.map(Storage::Cpu), o.bias.map(Storage::Cpu)))
+            }
+            Storage::Cuda(x) => {
+                let d = x.device();
+                let w = w.map(|s| cu(OP, s, d)).transpose()?;
+                let (gx, gw, gb) =
+                    cu::norm_backward(x, w, has_bias, cu(OP, mean, d)?, cu(OP, rstd, d)?, cu(OP, g, d)?, n, rms)?;
+                Ok((Storage::Cuda(gx), gw.map(Storage::Cuda), gb.map(Storage::Cuda)))
             }
         }
     }
     /// Per-row cross-entropy of contiguous logits [N, C] against I64 targets [N].
     pub fn cross_entropy_forward(&self, targets: &Storage, c: usize, ignore: i64) -> Result<Storage> {
-        let t = i64s("cross_entropy", targets)?;
+        const OP: &str = "cross_entropy";
         match self {
-            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_forward(x, t, c, ignore)?)),
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_forward(x, i64s(OP, targets)?, c, ignore)?)),
+            Storage::Cuda(x) => {
+                Ok(Storage::Cuda(cu::cross_entropy_forward(x, cu(OP, targets, x.device())?, c, ignore)?))
+            }
         }
     }
     pub fn cross_entropy_backward(
@@ -182,28 +263,44 @@ impl Storage {
         c: usize,
         ignore: i64,
     ) -> Result<Storage> {
-        let t = i64s("cross_entropy", targets)?;
-        match (self, grad_rows) {
-            (Storage::Cpu(x), Storage::Cpu(g)) => Ok(Storage::Cpu(cpu::cross_entropy_backward(x, t, g, c, ignore)?)),
+        const OP: &str = "cross_entropy_backward";
+        match self {
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_backward(
+                x,
+                i64s(OP, targets)?,
+                cpu_of(OP, grad_rows)?,
+                c,
+                ignore,
+            )?)),
+            Storage::Cuda(x) => {
+                let d = x.device();
+                Ok(Storage::Cuda(cu::cross_entropy_backward(x, cu(OP, targets, d)?, cu(OP, grad_rows, d)?, c, ignore)?))
+            }
         }
     }
     /// Contiguous `self` of `shape`; indices contiguous I64.
     pub fn index_select(&self, shape: &[usize], dim: usize, idx: &Storage) -> Result<Storage> {
-        let i = i64s("index_select", idx)?;
+        const OP: &str = "index_select";
         match self {
-            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::index_select(x, shape, dim, i)?)),
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::index_select(x, shape, dim, i64s(OP, idx)?)?)),
+            Storage::Cuda(x) => Ok(Storage::Cuda(cu::index_select(x, shape, dim, cu(OP, idx, x.device())?)?)),
         }
     }
     pub fn index_add(&self, shape: &[usize], dim: usize, idx: &Storage, src: &Storage) -> Result<Storage> {
-        let i = i64s("index_add", idx)?;
-        match (self, src) {
-            (Storage::Cpu(x), Storage::Cpu(s)) => Ok(Storage::Cpu(cpu::index_add(x, shape, dim, i, s)?)),
+        const OP: &str = "index_add";
+        match self {
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::index_add(x, shape, dim, i64s(OP, idx)?, cpu_of(OP, src)?)?)),
+            Storage::Cuda(x) => {
+                let d = x.device();
+                Ok(Storage::Cuda(cu::index_add(x, shape, dim, cu(OP, idx, d)?, cu(OP, src, d)?)?))
+            }
         }
     }
     pub fn gather(&self, shape: &[usize], dim: usize, idx: &Storage, idx_shape: &[usize]) -> Result<Storage> {
-        let i = i64s("gather", idx)?;
+        const OP: &str = "gather";
         match self {
-            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::gather(x, shape, dim, i, idx_shape)?)),
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::gather(x, shape, dim, i64s(OP, idx)?, idx_shape)?)),
+            Storage::Cuda(x) => Ok(Storage::Cuda(cu::gather(x, shape, dim, cu(OP, idx, x.device())?, idx_shape)?)),
         }
     }
     pub fn scatter_add(
@@ -214,29 +311,37 @@ impl Storage {
         idx_shape: &[usize],
         src: &Storage,
     ) -> Result<Storage> {
-        let i = i64s("scatter_add", idx)?;
-        match (self, src) {
-            (Storage::Cpu(x), Storage::Cpu(s)) => Ok(Storage::Cpu(cpu::scatter_add(x, shape, dim, i, idx_shape, s)?)),
+        const OP: &str = "scatter_add";
+        match self {
+            Storage::Cpu(x) => {
+                Ok(Storage::Cpu(cpu::scatter_add(x, shape, dim, i64s(OP, idx)?, idx_shape, cpu_of(OP, src)?)?))
+            }
+            Storage::Cuda(x) => {
+                let d = x.device();
+                Ok(Storage::Cuda(cu::scatter_add(x, shape, dim, cu(OP, idx, d)?, idx_shape, cu(OP, src, d)?)?))
+            }
         }
     }
     /// Fused Adam/AdamW update of a whole parameter in place.
     pub fn adam_update(&mut self, g: &Storage, m: &mut Storage, v: &mut Storage, h: AdamParams) -> Result<()> {
-        match (self, g, m, v) {
-            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => cpu::adam_update(p, g, m, v, h),
+        const OP: &str = "adam";
+        match self {
+            Storage::Cpu(p) => cpu::adam_update(p, cpu_of(OP, g)?, cpu_mut(OP, m)?, cpu_mut(OP, v)?, h),
+            Storage::Cuda(p) => {
+                let d = p.device();
+                cu::adam_update(p, cu(OP, g, d)?, cu_mut(OP, m, d)?, cu_mut(OP, v, d)?, h)
+            }
         }
     }
     /// Fused SGD update of a whole parameter in place.
     pub fn sgd_update(&mut self, g: &Storage, buf: Option<&mut Storage>, h: SgdParams) -> Result<()> {
-        match (self, g) {
-            (Storage::Cpu(p), Storage::Cpu(g)) => cpu::sgd_update(p, g, buf.map(|Storage::Cpu(b)| b), h),
+        const OP: &str = "sgd";
+        match self {
+            Storage::Cpu(p) => cpu::sgd_update(p, cpu_of(OP, g)?, buf.map(|b| cpu_mut(OP, b)).transpose()?, h),
+            Storage::Cuda(p) => {
+                let d = p.device();
+                cu::sgd_update(p, cu(OP, g, d)?, buf.map(|b| cu_mut(OP, b, d)).transpose()?, h)
+            }
         }
-    }
-}
-
-pub(crate) fn cuda_missing(op: &'static str, device: Device) -> Error {
-    Error::DeviceUnavailable {
-        op,
-        device,
-        detail: "this build of munja has no CUDA backend yet (it lands with the CUDA issue)".into(),
     }
 }

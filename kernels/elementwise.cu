@@ -1,0 +1,242 @@
+// Elementwise kernels: unary maps, broadcasting binary maps, comparisons, where, casts/strided copies,
+// copy_into and fill. Every launch is a grid-stride loop with one thread per output element. Operands
+// arrive as `Strided` views (the host coalesces dims and sets broadcast dims' stride to 0); when every
+// operand is contiguous and 16-byte aligned, a fast path moves 128 bits per load/store.
+#include "common.cuh"
+
+// Unary op codes, in the order of munja::UnaryOp.
+enum {
+    U_NEG, U_EXP, U_LOG, U_SQRT, U_RSQRT, U_RECIP, U_ABS, U_SIGN, U_TANH, U_SIGMOID, U_RELU, U_GELU_TANH,
+    U_GELU_ERF, U_SILU, U_GELU_TANH_GRAD, U_GELU_ERF_GRAD, U_SILU_GRAD, U_POWF, U_CLAMP, U_IN_RANGE, U_AFFINE
+};
+
+template <typename A> __device__ __forceinline__ A sigmoid_(A x) { return (A)1 / ((A)1 + exp(-x)); }
+
+// The scalar function of a unary op in the compute type A; `p`, `q` are the op's scalars.
+template <typename A> __device__ __forceinline__ A unary_fn(int op, A x, A p, A q) {
+    const A SQRT_2_OVER_PI = (A)0.7978845608028654, GELU_C = (A)0.044715;
+    const A INV_SQRT_2 = (A)0.7071067811865476, INV_SQRT_2PI = (A)0.3989422804014327;
+    switch (op) {
+    case U_NEG: return -x;
+    case U_EXP: return exp(x);
+    case U_LOG: return log(x);
+    case U_SQRT: return sqrt(x);
+    case U_RSQRT: return (A)1 / sqrt(x);
+    case U_RECIP: return (A)1 / x;
+    case U_ABS: return fabs(x);
+    case U_SIGN: return x > (A)0 ? (A)1 : (x < (A)0 ? (A)-1 : (A)0);
+    case U_TANH: return tanh(x);
+    case U_SIGMOID: return sigmoid_(x);
+    case U_RELU: return x > (A)0 ? x : (A)0;
+    case U_GELU_TANH: {
+        A inner = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+        return (A)0.5 * x * ((A)1 + tanh(inner));
+    }
+    case U_GELU_ERF: return (A)0.5 * x * ((A)1 + erf(x * INV_SQRT_2));
+    case U_SILU: return x * sigmoid_(x);
+    case U_GELU_TANH_GRAD: {
+        A inner = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+        A t = tanh(inner);
+        A dinner = SQRT_2_OVER_PI * ((A)1 + (A)3 * GELU_C * x * x);
+        return (A)0.5 * ((A)1 + t) + (A)0.5 * x * ((A)1 - t * t) * dinner;
+    }
+    case U_GELU_ERF_GRAD:
+        return (A)0.5 * ((A)1 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp((A)-0.5 * x * x);
+    case U_SILU_GRAD: {
+        A s = sigmoid_(x);
+        return s * ((A)1 + x * ((A)1 - s));
+    }
+    case U_POWF: return pow(x, p);
+    case U_CLAMP: return fmin(fmax(x, p), q);
+    case U_IN_RANGE: return (x >= p && x <= q) ? (A)1 : (A)0;
+    case U_AFFINE: return x * p + q;
+    }
+    return x;
+}
+
+// 16 bytes of T, for the contiguous fast paths.
+template <typename T> struct alignas(16) Pack {
+    static const int N = 16 / sizeof(T);
+    T v[N];
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+// y[i] = f(x[i]). Fast path: x contiguous (`contig`), pointers 16-byte aligned: one Pack per thread step.
+template <typename T>
+__device__ void unary_kernel(const T* x, Strided sx, T* y, int64_t n, int op, double p_, double q_, int contig) {
+    typedef typename Acc<T>::type A;
+    A p = (A)p_, q = (A)q_;
+    if (contig) {
+        x += sx.offset;
+        if (aligned16(x) && aligned16(y)) {
+            typedef Pack<T> P;
+            int64_t nv = n / P::N;
+            GRID_LOOP(i, nv) {
+                P a = reinterpret_cast<const P*>(x)[i], r;
+#pragma unroll
+                for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(unary_fn<A>(op, to_acc<A>(a.v[k]), p, q));
+                reinterpret_cast<P*>(y)[i] = r;
+            }
+            GRID_LOOP(i, n - nv * P::N) {
+                int64_t j = nv * P::N + i;
+                y[j] = from_acc<T>(unary_fn<A>(op, to_acc<A>(x[j]), p, q));
+            }
+        } else {
+            GRID_LOOP(i, n) y[i] = from_acc<T>(unary_fn<A>(op, to_acc<A>(x[i]), p, q));
+        }
+        return;
+    }
+    GRID_LOOP(i, n) y[i] = from_acc<T>(unary_fn<A>(op, to_acc<A>(x[strided_offset(sx, i)]), p, q));
+}
+
+// Binary op codes, in the order of munja::BinaryOp.
+enum { B_ADD, B_SUB, B_MUL, B_DIV, B_MAX, B_MIN };
+
+template <typename A> __device__ __forceinline__ A binary_fn(int op, A x, A y) {
+    switch (op) {
+    case B_ADD: return x + y;
+    case B_SUB: return x - y;
+    case B_MUL: return x * y;
+    case B_DIV: return x / y;
+    case B_MAX: return (x != x || x > y) ? x : y;  // NaN propagates, as in PyTorch
+    case B_MIN: return (x != x || x < y) ? x : y;
+    }
+    return x;
+}
+// Integers: add/sub/mul wrap (two's complement, as Rust's wrapping ops); the host allows only those.
+template <> __device__ __forceinline__ int64_t binary_fn<int64_t>(int op, int64_t x, int64_t y) {
+    uint64_t a = (uint64_t)x, b = (uint64_t)y;
+    switch (op) {
+    case B_ADD: return (int64_t)(a + b);
+    case B_SUB: return (int64_t)(a - b);
+    default: return (int64_t)(a * b);
+    }
+}
+
+template <typename T> struct BinAcc { typedef typename Acc<T>::type type; };
+template <> struct BinAcc<int64_t> { typedef int64_t type; };
+
+// out[i] = a[i] op b[i] with both views broadcast to the output shape. Fast path: both contiguous.
+template <typename T>
+__device__ void binary_kernel(const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n, int op, int contig) {
+    typedef typename BinAcc<T>::type A;
+    if (contig) {
+        a += sa.offset;
+        b += sb.offset;
+        if (aligned16(a) && aligned16(b) && aligned16(y)) {
+            typedef Pack<T> P;
+            int64_t nv = n / P::N;
+            GRID_LOOP(i, nv) {
+                P u = reinterpret_cast<const P*>(a)[i], v = reinterpret_cast<const P*>(b)[i], r;
+#pragma unroll
+                for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(binary_fn<A>(op, to_acc<A>(u.v[k]), to_acc<A>(v.v[k])));
+                reinterpret_cast<P*>(y)[i] = r;
+            }
+            GRID_LOOP(i, n - nv * P::N) {
+                int64_t j = nv * P::N + i;
+                y[j] = from_acc<T>(binary_fn<A>(op, to_acc<A>(a[j]), to_acc<A>(b[j])));
+            }
+        } else {
+            GRID_LOOP(i, n) y[i] = from_acc<T>(binary_fn<A>(op, to_acc<A>(a[i]), to_acc<A>(b[i])));
+        }
+        return;
+    }
+    GRID_LOOP(i, n) {
+        A u = to_acc<A>(a[strided_offset(sa, i)]), v = to_acc<A>(b[strided_offset(sb, i)]);
+        y[i] = from_acc<T>(binary_fn<A>(op, u, v));
+    }
+}
+
+// Comparison codes, in the order of munja::CmpOp. Compared in the element's own precision (bf16/f16 as f32).
+template <typename T> struct CmpT { typedef T type; };
+template <> struct CmpT<bf16> { typedef float type; };
+template <> struct CmpT<f16> { typedef float type; };
+template <typename T> __device__ __forceinline__ typename CmpT<T>::type cmp_val(T x) { return (typename CmpT<T>::type)x; }
+template <> __device__ __forceinline__ float cmp_val<bf16>(bf16 x) { return __bfloat162float(x); }
+template <> __device__ __forceinline__ float cmp_val<f16>(f16 x) { return __half2float(x); }
+
+// mask[i] = a[i] cmp b[i] as 0/1 bytes.
+template <typename T>
+__device__ void compare_kernel(const T* a, Strided sa, const T* b, Strided sb, uint8_t* y, int64_t n, int op) {
+    GRID_LOOP(i, n) {
+        auto u = cmp_val(a[strided_offset(sa, i)]);
+        auto v = cmp_val(b[strided_offset(sb, i)]);
+        bool r;
+        switch (op) {
+        case 0: r = u == v; break;
+        case 1: r = u != v; break;
+        case 2: r = u < v; break;
+        case 3: r = u <= v; break;
+        case 4: r = u > v; break;
+        default: r = u >= v; break;
+        }
+        y[i] = r ? 1 : 0;
+    }
+}
+
+// out[i] = m[i] ? a[i] : b[i] with all three views broadcast to the output shape.
+template <typename T>
+__device__ void where_kernel(const uint8_t* m, Strided sm, const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n) {
+    GRID_LOOP(i, n) y[i] = m[strided_offset(sm, i)] ? a[strided_offset(sa, i)] : b[strided_offset(sb, i)];
+}
+
+// Contiguous out[i] = convert(x[view i]). Same type: a plain (strided) copy. Otherwise through f64, which
+// matches the CPU backend's rounding for every pair (bf16/f16 <-> f32 are exact through f64 too).
+template <typename S, typename D> __device__ __forceinline__ D convert(S x) {
+    if constexpr (std::is_same<S, D>::value) return x;
+    else return from_acc<D, double>(to_acc<double>(x));
+}
+template <typename S, typename D> __device__ void cast_kernel(const S* x, Strided sx, D* y, int64_t n, int contig) {
+    if (contig) {
+        x += sx.offset;
+        GRID_LOOP(i, n) y[i] = convert<S, D>(x[i]);
+        return;
+    }
+    GRID_LOOP(i, n) y[i] = convert<S, D>(x[strided_offset(sx, i)]);
+}
+
+// dst[view i] = src[view i]: both views of one logical shape.
+template <typename T> __device__ void copy_into_kernel(T* d, Strided sd, const T* s, Strided ss, int64_t n) {
+    GRID_LOOP(i, n) d[strided_offset(sd, i)] = s[strided_offset(ss, i)];
+}
+
+// y[i] = v for i < n.
+template <typename T> __device__ void fill_kernel(T* y, int64_t n, double v) {
+    T x = from_acc<T, double>(v);
+    GRID_LOOP(i, n) y[i] = x;
+}
+
+#define UNARY(S, T) \
+    extern "C" __global__ void unary_##S(const T* x, Strided sx, T* y, int64_t n, int op, double p, double q, int c) { \
+        unary_kernel<T>(x, sx, y, n, op, p, q, c); }
+FOR_FLOATS(UNARY)
+
+#define BINARY(S, T) \
+    extern "C" __global__ void binary_##S(const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n, int op, int c) { \
+        binary_kernel<T>(a, sa, b, sb, y, n, op, c); }
+FOR_FLOATS(BINARY) BINARY(i64, int64_t)
+
+#define COMPARE(S, T) \
+    extern "C" __global__ void compare_##S(const T* a, Strided sa, const T* b, Strided sb, uint8_t* y, int64_t n, int op) { \
+        compare_kernel<T>(a, sa, b, sb, y, n, op); }
+FOR_ALL(COMPARE)
+
+#define WHERE(S, T) \
+    extern "C" __global__ void where_##S(const uint8_t* m, Strided sm, const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n) { \
+        where_kernel<T>(m, sm, a, sa, b, sb, y, n); }
+FOR_ALL(WHERE)
+
+#define COPY_INTO(S, T) \
+    extern "C" __global__ void copy_into_##S(T* d, Strided sd, const T* s, Strided ss, int64_t n) { copy_into_kernel<T>(d, sd, s, ss, n); }
+FOR_ALL(COPY_INTO)
+
+#define FILL(S, T) extern "C" __global__ void fill_##S(T* y, int64_t n, double v) { fill_kernel<T>(y, n, v); }
+FOR_ALL(FILL)
+
+#define CAST_TO(S, T, D, DT) \
+    extern "C" __global__ void cast_##S##_##D(const T* x, Strided sx, DT* y, int64_t n, int c) { cast_kernel<T, DT>(x, sx, y, n, c); }
+#define CAST_FROM(S, T) \
+    CAST_TO(S, T, f32, float) CAST_TO(S, T, f64, double) CAST_TO(S, T, bf16, bf16) CAST_TO(S, T, f16, f16) \
+    CAST_TO(S, T, i64, int64_t) CAST_TO(S, T, u8, uint8_t)
+FOR_ALL(CAST_FROM)

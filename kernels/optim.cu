@@ -1,0 +1,48 @@
+// Fused optimizer updates: one grid-stride pass reads parameter, gradient and state once and writes them
+// once, in place, with the CPU backend's arithmetic order (PyTorch's). Hyper-parameters derived from the
+// step (bias corrections) are computed on the host in f64.
+#include "common.cuh"
+
+template <typename T>
+__device__ void adam_k(T* p, const T* g, T* m, T* v, int64_t n, double b1_, double b2_, double eps_, double wd_,
+                       double step_size_, double bc2_sqrt_, double decay_, int decoupled) {
+    T b1 = b1_, b2 = b2_, eps = eps_, wd = wd_, step_size = step_size_, bc2_sqrt = bc2_sqrt_, decay = decay_;
+    GRID_LOOP(i, n) {
+        T gi = g[i], pi = p[i];
+        if (decoupled) pi = pi * decay;
+        else if (wd_ != 0.0) gi = gi + wd * pi;
+        T mi = b1 * m[i] + ((T)1 - b1) * gi;
+        T vi = b2 * v[i] + ((T)1 - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - step_size * mi / (sqrt(vi) / bc2_sqrt + eps);
+    }
+}
+
+// SGD: b = first ? g' : mom·b + (1−dampening)·g' with g' = g + wd·p; p −= lr·(nesterov ? g' + mom·b : b).
+// Without a buffer (`b` null): p −= lr·g'.
+template <typename T>
+__device__ void sgd_k(T* p, const T* g, T* b, int64_t n, double lr_, double mom_, double damp_, double wd_, int nesterov, int first) {
+    T lr = lr_, mom = mom_, damp = damp_, wd = wd_;
+    GRID_LOOP(i, n) {
+        T pi = p[i];
+        T gi = g[i] + wd * pi;
+        if (!b) {
+            p[i] = pi - lr * gi;
+            continue;
+        }
+        T bi = first ? gi : mom * b[i] + damp * gi;
+        b[i] = bi;
+        T d = nesterov ? gi + mom * bi : bi;
+        p[i] = pi - lr * d;
+    }
+}
+
+#define OPTIM(S, T) \
+    extern "C" __global__ void adam_update_##S(T* p, const T* g, T* m, T* v, int64_t n, double b1, double b2, double eps, \
+                                               double wd, double step_size, double bc2_sqrt, double decay, int decoupled) { \
+        adam_k<T>(p, g, m, v, n, b1, b2, eps, wd, step_size, bc2_sqrt, decay, decoupled); } \
+    extern "C" __global__ void sgd_update_##S(T* p, const T* g, T* b, int64_t n, double lr, double mom, double damp, \
+                                              double wd, int nesterov, int first) { \
+        sgd_k<T>(p, g, b, n, lr, mom, damp, wd, nesterov, first); }
+OPTIM(f32, float) OPTIM(f64, double)

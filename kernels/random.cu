@@ -1,0 +1,46 @@
+// Philox4x32-10 random numbers, the same stream as src/rng.rs: element i of a uniform draw is word i%4 of
+// block (start + i/4); normal pair i uses block (start + i) through Box-Muller in f64. One thread per block.
+#include "common.cuh"
+
+__device__ __forceinline__ uint4 philox(uint64_t seed, uint64_t block) {
+    uint32_t c0 = (uint32_t)block, c1 = (uint32_t)(block >> 32), c2 = 0, c3 = 0;
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma unroll
+    for (int r = 0; r < 10; ++r) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n1 = (uint32_t)p1, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1, n3 = (uint32_t)p0;
+        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return make_uint4(c0, c1, c2, c3);
+}
+
+// 24 random bits as a float in [0, 1), exact in f32.
+__device__ __forceinline__ float unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+
+template <typename T> __device__ void uniform_k(T* y, int64_t n, uint64_t seed, uint64_t start) {
+    GRID_LOOP(b, (n + 3) / 4) {
+        uint4 r = philox(seed, start + (uint64_t)b);
+        uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        for (int k = 0; k < 4 && 4 * b + k < n; ++k) y[4 * b + k] = from_acc<T, double>((double)unit(w[k]));
+    }
+}
+
+template <typename T> __device__ void normal_k(T* y, int64_t n, uint64_t seed, uint64_t start) {
+    const double inv53 = 1.0 / 9007199254740992.0;
+    GRID_LOOP(b, (n + 1) / 2) {
+        uint4 r = philox(seed, start + (uint64_t)b);
+        double u1 = 1.0 - (double)((((uint64_t)r.x) << 21) ^ ((uint64_t)r.y >> 11)) * inv53;
+        double u2 = (double)((((uint64_t)r.z) << 21) ^ ((uint64_t)r.w >> 11)) * inv53;
+        double rad = sqrt(-2.0 * log(u1));
+        double theta = 2.0 * 3.141592653589793 * u2;
+        y[2 * b] = from_acc<T, double>(rad * cos(theta));
+        if (2 * b + 1 < n) y[2 * b + 1] = from_acc<T, double>(rad * sin(theta));
+    }
+}
+
+#define RANDOM(S, T) \
+    extern "C" __global__ void uniform_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { uniform_k<T>(y, n, seed, start); } \
+    extern "C" __global__ void normal_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { normal_k<T>(y, n, seed, start); }
+FOR_FLOATS(RANDOM)

@@ -1,0 +1,79 @@
+// Softmax / log-softmax over contiguous rows, and their backward. One block per row. The forward is an
+// online softmax: each thread keeps a running (max, sum of exp(x - max)) over its elements in one read,
+// the block merges the pairs, then a second sweep writes the outputs (the row is hot in L2).
+#include "common.cuh"
+
+// Merges running (max, sum) pairs; -inf maxima contribute nothing (a fully masked row ends as (-inf, 0),
+// and the output exp(-inf - -inf)/0 is NaN, as on the CPU and in PyTorch).
+template <typename A> __device__ __forceinline__ void ms_merge(A& m, A& s, A m2, A s2) {
+    A mm = m > m2 ? m : m2;
+    if (mm == -INFINITY) return;
+    A a = m == -INFINITY ? (A)0 : s * exp(m - mm);
+    A b = m2 == -INFINITY ? (A)0 : s2 * exp(m2 - mm);
+    if (m != m || m2 != m2) mm = m != m ? m : m2;  // keep NaN visible
+    m = mm;
+    s = a + b;
+}
+
+// The (max, sum) of one row, merged over the block; every thread gets the result.
+template <typename T, typename A> __device__ void row_max_sum(const T* x, int64_t n, A& m, A& s) {
+    __shared__ A shm[32], shs[32];
+    m = -INFINITY;
+    s = 0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        A v = to_acc<A>(x[j]);
+        if (v == -INFINITY) continue;
+        if (v > m) { s = s * exp(m - v) + (A)1; m = v; }  // exp(-inf) = 0 on the first element
+        else s += exp(v - m);                              // NaN v: exp(NaN) makes s NaN, as it should
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { shm[warp] = m; shs[warp] = s; }
+    __syncthreads();
+    m = lane < nw ? shm[lane] : (A)-INFINITY;
+    s = lane < nw ? shs[lane] : (A)0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
+    __syncthreads();
+}
+
+template <typename T> __device__ void softmax_fwd(const T* x, T* y, int64_t n, int log_) {
+    typedef typename Acc<T>::type A;
+    x += blockIdx.x * n;
+    y += blockIdx.x * n;
+    A m, s;
+    row_max_sum<T, A>(x, n, m, s);
+    if (log_) {
+        A lse = m + log(s);
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = from_acc<T>(to_acc<A>(x[j]) - lse);
+    } else {
+        A inv = (A)1 / s;
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = from_acc<T>(exp(to_acc<A>(x[j]) - m) * inv);
+    }
+}
+
+// softmax: dx = y·(g − Σ g·y); log-softmax: dx = g − exp(y)·Σ g. One block per row, f64 row sums.
+template <typename T> __device__ void softmax_bwd(const T* y, const T* g, T* dx, int64_t n, int log_) {
+    typedef typename Acc<T>::type A;
+    __shared__ double sh[32];
+    y += blockIdx.x * n;
+    g += blockIdx.x * n;
+    dx += blockIdx.x * n;
+    double acc = 0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        A gv = to_acc<A>(g[j]);
+        acc += log_ ? (double)gv : (double)(to_acc<A>(y[j]) * gv);
+    }
+    A s = (A)block_sum(acc, sh);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        A yv = to_acc<A>(y[j]), gv = to_acc<A>(g[j]);
+        dx[j] = from_acc<T>(log_ ? gv - exp(yv) * s : yv * (gv - s));
+    }
+}
+
+#define SOFTMAX(S, T) \
+    extern "C" __global__ void softmax_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd<T>(x, y, n, log_); } \
+    extern "C" __global__ void softmax_backward_##S(const T* y, const T* g, T* dx, int64_t n, int log_) { \
+        softmax_bwd<T>(y, g, dx, n, log_); }
+FOR_FLOATS(SOFTMAX)

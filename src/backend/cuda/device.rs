@@ -1,0 +1,150 @@
+//! One CUDA device: its context, its one stream, the loaded kernels and the caching allocator. Created on
+//! first use and kept in a process-wide table, so every tensor on `Device::Cuda(i)` shares them.
+
+use super::alloc::Allocator;
+use super::module::{Func, Module, NO_NVCC};
+use crate::{Device, Error, Result};
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub(crate) struct CudaDevice {
+    pub(crate) ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Module,
+    pub(crate) alloc: Allocator,
+    pub(crate) blas: Mutex<Option<super::blas::Lt>>,
+}
+
+static DEVICES: OnceLock<Mutex<Vec<Option<Arc<CudaDevice>>>>> = OnceLock::new();
+
+fn unavailable(device: Device, detail: impl Into<String>) -> Error {
+    Error::DeviceUnavailable { op: "cuda", device, detail: detail.into() }
+}
+
+/// Whether libcuda can be loaded (false on machines without an NVIDIA driver).
+fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda.
+    unsafe { sys::is_culib_present() }
+}
+
+/// How many CUDA devices the driver sees (0 without a driver or without kernels built in).
+pub fn device_count() -> usize {
+    if super::FATBIN.is_empty() || !driver_present() {
+        return 0;
+    }
+    CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
+}
+
+/// True when `Device::Cuda(0)` can be used.
+pub fn is_available() -> bool {
+    device_count() > 0
+}
+
+/// Waits for all work queued on `device` (a no-op for the CPU). For timing and tests; ops never need it.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(i) => CudaDevice::get(i)?.sync(),
+    }
+}
+
+impl CudaDevice {
+    /// The device with this ordinal, created (context, stream, kernels) on first use.
+    pub(crate) fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        let table = DEVICES.get_or_init(|| Mutex::new(Vec::new()));
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(d)) = t.get(ordinal) {
+            return Ok(d.clone());
+        }
+        let device = Device::Cuda(ordinal);
+        if super::FATBIN.is_empty() {
+            return Err(unavailable(device, NO_NVCC));
+        }
+        if !driver_present() {
+            return Err(unavailable(device, "the CUDA driver (libcuda.so) was not found on this machine"));
+        }
+        let n = CudaContext::device_count().map_err(|e| unavailable(device, format!("{e:?}")))?;
+        if ordinal >= n.max(0) as usize {
+            return Err(unavailable(device, format!("the driver sees {n} CUDA device(s)")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(device, format!("{e:?}")))?;
+        // SAFETY: munja never uses cudarc's CudaSlice, whose cross-stream tracking the events serve.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| unavailable(device, format!("{e:?}")))?;
+        ctx.bind_to_thread().map_err(|e| unavailable(device, format!("{e:?}")))?;
+        let module = Module::load(device)?;
+        let d = Arc::new(CudaDevice {
+            ordinal,
+            ctx,
+            stream,
+            module,
+            alloc: Allocator::default(),
+            blas: Mutex::new(None),
+        });
+        if t.len() <= ordinal {
+            t.resize(ordinal + 1, None);
+        }
+        t[ordinal] = Some(d.clone());
+        Ok(d)
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    pub(crate) fn err(&self, op: &'static str, e: impl std::fmt::Debug) -> Error {
+        Error::DeviceUnavailable { op, device: self.device(), detail: format!("{e:?}") }
+    }
+
+    /// Makes this device's context current on the calling thread (cheap when it already is).
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| self.err("cuda", e))
+    }
+
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.bind()?;
+        self.stream.synchronize().map_err(|e| self.err("synchronize", e))
+    }
+
+    pub(crate) fn func(&self, name: &'static str) -> Result<Func> {
+        self.module.func(name, self.device())
+    }
+
+    /// Enqueues kernel `name` on the stream. `args` point at values laid out as the kernel's parameters.
+    pub(crate) fn launch(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let f = self.func(name)?;
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller passes arguments matching the kernel's signature (see the launch! macro uses).
+        unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }
+            .map_err(|e| self.err(name, e))
+    }
+}
+
+/// Launches a kernel with arguments given as Rust values whose layout matches the C parameters
+/// (u64 for pointers, i64 for int64_t, i32 for int, f64 for double, `Strided` for the view struct).
+macro_rules! launch {
+    ($dev:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
+        $dev.launch($name, $grid, $block, &mut [$((&$arg) as *const _ as *mut ::std::ffi::c_void),*])
+    }};
+}
+pub(crate) use launch;
+
+/// A 1-D grid of `threads`-wide blocks covering `n` elements, capped for grid-stride loops.
+pub(crate) fn grid_for(n: usize, threads: u32) -> (u32, u32, u32) {
+    let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 8);
+    (blocks as u32, 1, 1)
+}

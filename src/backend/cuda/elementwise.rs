@@ -1,0 +1,154 @@
+//! Launchers for kernels/elementwise.cu: unary, binary, compare, where, cast / strided copy, copy_into, fill.
+
+use super::device::{grid_for, launch};
+use super::storage::{kname, need_float, same_device, same_dtype, views, CudaStorage, intern, dtype_name};
+use crate::backend::{BinaryOp, CmpOp, UnaryOp};
+use crate::shape::Layout;
+use crate::{DType, Error, Result};
+
+const THREADS: u32 = 256;
+
+fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
+    use UnaryOp::*;
+    match op {
+        Neg => (0, 0.0, 0.0),
+        Exp => (1, 0.0, 0.0),
+        Log => (2, 0.0, 0.0),
+        Sqrt => (3, 0.0, 0.0),
+        Rsqrt => (4, 0.0, 0.0),
+        Recip => (5, 0.0, 0.0),
+        Abs => (6, 0.0, 0.0),
+        Sign => (7, 0.0, 0.0),
+        Tanh => (8, 0.0, 0.0),
+        Sigmoid => (9, 0.0, 0.0),
+        Relu => (10, 0.0, 0.0),
+        GeluTanh => (11, 0.0, 0.0),
+        GeluErf => (12, 0.0, 0.0),
+        Silu => (13, 0.0, 0.0),
+        GeluTanhGrad => (14, 0.0, 0.0),
+        GeluErfGrad => (15, 0.0, 0.0),
+        SiluGrad => (16, 0.0, 0.0),
+        Powf(p) => (17, p, 0.0),
+        Clamp(lo, hi) => (18, lo, hi),
+        InRange(lo, hi) => (19, lo, hi),
+        Affine { mul, add } => (20, mul, add),
+    }
+}
+
+pub(crate) fn unary(x: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStorage> {
+    if !x.dtype().is_float() {
+        return Err(need_float("unary", x.dtype()));
+    }
+    let dev = x.dev();
+    let n = l.numel();
+    let out = CudaStorage::alloc(dev, x.dtype(), n)?;
+    let ([sx], contig) = views([l])?;
+    let (code, p, q) = unary_code(op);
+    launch!(dev, kname("unary", x.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+        x.ptr(), sx, out.ptr(), n as i64, code, p, q, contig as i32)?;
+    Ok(out)
+}
+
+pub(crate) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: BinaryOp) -> Result<CudaStorage> {
+    same_device("binary", a, b)?;
+    same_dtype("binary", a, b)?;
+    let dt = a.dtype();
+    let int_ok = dt == DType::I64 && matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul);
+    if !dt.is_float() && !int_ok {
+        return Err(need_float("binary", dt));
+    }
+    let dev = a.dev();
+    let n = la.numel();
+    let out = CudaStorage::alloc(dev, dt, n)?;
+    let ([sa, sb], contig) = views([la, lb])?;
+    let code = op as i32;
+    launch!(dev, kname("binary", dt), grid_for(n, THREADS), (THREADS, 1, 1);
+        a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64, code, contig as i32)?;
+    Ok(out)
+}
+
+pub(crate) fn compare(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: CmpOp) -> Result<CudaStorage> {
+    same_device("compare", a, b)?;
+    same_dtype("compare", a, b)?;
+    let dev = a.dev();
+    let n = la.numel();
+    let out = CudaStorage::alloc(dev, DType::U8, n)?;
+    let ([sa, sb], _) = views([la, lb])?;
+    let code = op as i32;
+    launch!(dev, kname("compare", a.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+        a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64, code)?;
+    Ok(out)
+}
+
+pub(crate) fn where_cond(
+    m: &CudaStorage,
+    lm: &Layout,
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+) -> Result<CudaStorage> {
+    same_device("where", m, a)?;
+    same_device("where", a, b)?;
+    if m.dtype() != DType::U8 {
+        return Err(Error::DType { op: "where", expected: DType::U8, got: m.dtype() });
+    }
+    same_dtype("where", a, b)?;
+    let dev = a.dev();
+    let n = lm.numel();
+    let out = CudaStorage::alloc(dev, a.dtype(), n)?;
+    let ([sm, sa, sb], _) = views([lm, la, lb])?;
+    launch!(dev, kname("where", a.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+        m.ptr(), sm, a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64)?;
+    Ok(out)
+}
+
+/// A contiguous copy of the view converted to `dtype` (the same dtype: a strided copy).
+pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStorage> {
+    let dev = x.dev();
+    let n = l.numel();
+    let out = CudaStorage::alloc(dev, dtype, n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let ([sx], contig) = views([l])?;
+    if contig && dtype == x.dtype() {
+        let bytes = n * dtype.size_in_bytes();
+        // SAFETY: source range [offset, offset+n) lies in x (the layout was validated), dest holds n elements.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(out.ptr(), x.ptr_at(l.offset()), bytes, dev.cu_stream()) }
+            .map_err(|e| dev.err("copy", e))?;
+        return Ok(out);
+    }
+    let name = intern(format!("cast_{}_{}", dtype_name(x.dtype()), dtype_name(dtype)));
+    launch!(dev, name, grid_for(n, THREADS), (THREADS, 1, 1); x.ptr(), sx, out.ptr(), n as i64, contig as i32)?;
+    Ok(out)
+}
+
+pub(crate) fn copy_into(d: &mut CudaStorage, dl: &Layout, s: &CudaStorage, sl: &Layout) -> Result<()> {
+    same_device("copy_into", d, s)?;
+    same_dtype("copy_into", d, s)?;
+    let dev = d.dev().clone();
+    let n = dl.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let ([sd, ss], contig) = views([dl, sl])?;
+    if contig {
+        let bytes = n * d.dtype().size_in_bytes();
+        // SAFETY: both ranges lie inside their buffers; stream-ordered after earlier work.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(d.ptr_at(dl.offset()), s.ptr_at(sl.offset()), bytes, dev.cu_stream())
+        }
+        .map_err(|e| dev.err("copy_into", e))?;
+        return Ok(());
+    }
+    launch!(dev, kname("copy_into", d.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+        d.ptr(), sd, s.ptr(), ss, n as i64)
+}
+
+/// `n` copies of `value` as `dtype`.
+pub(crate) fn full(dev: &std::sync::Arc<super::CudaDevice>, dtype: DType, n: usize, value: f64) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(dev, dtype, n)?;
+    launch!(dev, kname("fill", dtype), grid_for(n, THREADS), (THREADS, 1, 1); out.ptr(), n as i64, value)?;
+    Ok(out)
+}

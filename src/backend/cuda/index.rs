@@ -1,0 +1,82 @@
+//! Launchers for kernels/index.cu. Indices stay on the device: an out-of-range index is not an Err here
+//! (that would need a host sync); the kernels read 0 for it and skip it when adding.
+
+use super::device::{grid_for, launch};
+use super::storage::{kname, same_device, same_dtype, CudaStorage, Strided};
+use crate::{DType, Error, Result};
+
+const THREADS: u32 = 256;
+
+fn idx_check(op: &'static str, x: &CudaStorage, idx: &CudaStorage) -> Result<()> {
+    same_device(op, x, idx)?;
+    if idx.dtype() != DType::I64 {
+        return Err(Error::DType { op, expected: DType::I64, got: idx.dtype() });
+    }
+    Ok(())
+}
+
+fn split(shape: &[usize], dim: usize) -> (usize, usize, usize) {
+    (shape[..dim].iter().product(), shape[dim], shape[dim + 1..].iter().product())
+}
+
+pub(crate) fn index_select(x: &CudaStorage, shape: &[usize], dim: usize, idx: &CudaStorage) -> Result<CudaStorage> {
+    idx_check("index_select", x, idx)?;
+    let (outer, size, inner) = split(shape, dim);
+    let n = outer * idx.len() * inner;
+    let out = CudaStorage::alloc(x.dev(), x.dtype(), n)?;
+    launch!(x.dev(), kname("index_select", x.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+        x.ptr(), idx.ptr(), out.ptr(), outer as i64, size as i64, inner as i64, idx.len() as i64)?;
+    Ok(out)
+}
+
+pub(crate) fn index_add(
+    x: &CudaStorage,
+    shape: &[usize],
+    dim: usize,
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    idx_check("index_add", x, idx)?;
+    same_device("index_add", x, src)?;
+    same_dtype("index_add", x, src)?;
+    let (outer, size, inner) = split(shape, dim);
+    let out = x.clone();
+    launch!(x.dev(), kname("index_add", x.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
+        out.ptr(), idx.ptr(), src.ptr(), outer as i64, size as i64, inner as i64, idx.len() as i64)?;
+    Ok(out)
+}
+
+pub(crate) fn gather(
+    x: &CudaStorage,
+    shape: &[usize],
+    dim: usize,
+    idx: &CudaStorage,
+    idx_shape: &[usize],
+) -> Result<CudaStorage> {
+    idx_check("gather", x, idx)?;
+    let (xs, is) = (Strided::contiguous(shape)?, Strided::contiguous(idx_shape)?);
+    let n = idx.len();
+    let out = CudaStorage::alloc(x.dev(), x.dtype(), n)?;
+    launch!(x.dev(), kname("gather", x.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+        x.ptr(), xs, idx.ptr(), is, dim as i32, out.ptr(), n as i64)?;
+    Ok(out)
+}
+
+pub(crate) fn scatter_add(
+    x: &CudaStorage,
+    shape: &[usize],
+    dim: usize,
+    idx: &CudaStorage,
+    idx_shape: &[usize],
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    idx_check("scatter_add", x, idx)?;
+    same_device("scatter_add", x, src)?;
+    same_dtype("scatter_add", x, src)?;
+    let (xs, is) = (Strided::contiguous(shape)?, Strided::contiguous(idx_shape)?);
+    let lines = if idx_shape[dim] == 0 { 0 } else { idx.len() / idx_shape[dim] };
+    let out = x.clone();
+    launch!(x.dev(), kname("scatter_add", x.dtype()), grid_for(lines, THREADS), (THREADS, 1, 1);
+        out.ptr(), xs, idx.ptr(), is, dim as i32, src.ptr(), lines as i64)?;
+    Ok(out)
+}

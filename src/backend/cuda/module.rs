@@ -1,0 +1,94 @@
+//! The kernels build.rs compiled: the embedded fatbin, loaded once per device, and every entry point the
+//! Rust side launches (`kernel_names`, which a CPU-only test checks against the fatbin's cubins).
+
+use crate::{Device, Error, Result};
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::Mutex;
+
+/// The fatbin (SASS for each built architecture + compute_80 PTX); empty when built without nvcc.
+pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/munja_kernels.fatbin"));
+/// ptxas -v output for every kernel and architecture (registers, spills); empty without nvcc.
+pub static PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas_report.txt"));
+
+pub(crate) const NO_NVCC: &str = "munja was built without nvcc; install it (see scripts/setup-nvcc.sh) and rebuild";
+
+const FLOATS: [&str; 4] = ["f32", "f64", "bf16", "f16"];
+const ALL: [&str; 6] = ["f32", "f64", "bf16", "f16", "i64", "u8"];
+
+/// Every kernel entry point the backend may launch.
+pub fn kernel_names() -> Vec<String> {
+    let mut v = vec![];
+    let per = |v: &mut Vec<String>, fams: &[&str], types: &[&str]| {
+        for f in fams {
+            for t in types {
+                v.push(format!("{f}_{t}"));
+            }
+        }
+    };
+    per(&mut v, &["unary", "softmax", "softmax_backward", "norm_forward", "norm_backward_x"], &FLOATS);
+    per(&mut v, &["norm_backward_wb_partial", "norm_backward_wb_finish"], &FLOATS);
+    per(&mut v, &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal"], &FLOATS);
+    per(&mut v, &["binary"], &["f32", "f64", "bf16", "f16", "i64"]);
+    per(&mut v, &["compare", "where", "copy_into", "fill", "reduce_rows", "reduce_finish", "reduce_small"], &ALL);
+    per(&mut v, &["argmax", "index_select", "index_add", "gather", "scatter_add"], &ALL);
+    per(&mut v, &["adam_update", "sgd_update"], &["f32", "f64"]);
+    for s in ALL {
+        for d in ALL {
+            v.push(format!("cast_{s}_{d}"));
+        }
+    }
+    v
+}
+
+/// The loaded module and a cache of looked-up functions.
+pub(crate) struct Module {
+    module: sys::CUmodule,
+    funcs: Mutex<HashMap<&'static str, Func>>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Func(pub sys::CUfunction);
+// SAFETY: a CUfunction is an immutable handle valid in every thread that binds its context.
+unsafe impl Send for Func {}
+unsafe impl Sync for Func {}
+// SAFETY: likewise for the module handle; it is only unloaded never (it lives as long as the process).
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+impl Module {
+    /// Loads the embedded fatbin into the current context (bound by the caller).
+    pub(crate) fn load(device: Device) -> Result<Module> {
+        if FATBIN.is_empty() {
+            return Err(Error::DeviceUnavailable { op: "cuda", device, detail: NO_NVCC.into() });
+        }
+        // The driver wants the image at a stable, aligned address: copy it into an 8-aligned buffer.
+        let words: Vec<u64> = FATBIN.chunks(8).map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        }).collect();
+        // SAFETY: `words` holds a complete fatbin image and outlives the call (the driver copies it).
+        let module = unsafe { result::module::load_data(words.as_ptr() as *const _) }.map_err(|e| {
+            Error::DeviceUnavailable { op: "cuda", device, detail: format!("loading munja's kernels: {e:?}") }
+        })?;
+        Ok(Module { module, funcs: Mutex::new(HashMap::new()) })
+    }
+
+    pub(crate) fn func(&self, name: &'static str, device: Device) -> Result<Func> {
+        let mut f = self.funcs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&h) = f.get(name) {
+            return Ok(h);
+        }
+        let c = CString::new(name).expect("kernel names have no NUL");
+        // SAFETY: the module is loaded and stays loaded for the process lifetime.
+        let h = unsafe { result::module::get_function(self.module, c) }.map_err(|e| Error::DeviceUnavailable {
+            op: "cuda",
+            device,
+            detail: format!("kernel {name} missing from the fatbin: {e:?}"),
+        })?;
+        f.insert(name, Func(h));
+        Ok(Func(h))
+    }
+}

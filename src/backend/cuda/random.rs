@@ -1,0 +1,24 @@
+//! Launchers for kernels/random.cu: the Philox stream of src/rng.rs, drawn on the device.
+
+use super::device::{grid_for, launch, CudaDevice};
+use super::storage::{kname, need_float, CudaStorage};
+use crate::{DType, Result};
+use std::sync::Arc;
+
+pub(crate) fn uniform(dev: &Arc<CudaDevice>, dtype: DType, n: usize, seed: u64, block: u64) -> Result<CudaStorage> {
+    if !dtype.is_float() {
+        return Err(need_float("uniform", dtype));
+    }
+    let out = CudaStorage::alloc(dev, dtype, n)?;
+    launch!(dev, kname("uniform", dtype), grid_for(n.div_ceil(4), 256), (256, 1, 1); out.ptr(), n as i64, seed, block)?;
+    Ok(out)
+}
+
+pub(crate) fn normal(dev: &Arc<CudaDevice>, dtype: DType, n: usize, seed: u64, block: u64) -> Result<CudaStorage> {
+    if !dtype.is_float() {
+        return Err(need_float("normal", dtype));
+    }
+    let out = CudaStorage::alloc(dev, dtype, n)?;
+    launch!(dev, kname("normal", dtype), grid_for(n.div_ceil(2), 256), (256, 1, 1); out.ptr(), n as i64, seed, block)?;
+    Ok(out)
+}

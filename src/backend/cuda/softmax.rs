@@ -1,0 +1,51 @@
+//! Launchers for kernels/softmax.cu: one block per row, block width from the row length.
+
+use super::device::launch;
+use super::elementwise::cast;
+use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
+use crate::shape::Layout;
+use crate::Result;
+
+/// Threads per block for rows of length n: about 4+ elements per thread, a whole number of warps.
+pub(crate) fn row_threads(n: usize) -> u32 {
+    (n.div_ceil(4).div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
+    if !x.dtype().is_float() {
+        return Err(need_float("softmax", x.dtype()));
+    }
+    let n = *l.shape().last().unwrap_or(&1);
+    let numel = l.numel();
+    let owned;
+    let src = if l.is_contiguous() {
+        x.ptr_at(l.offset())
+    } else {
+        owned = cast(x, l, x.dtype())?;
+        owned.ptr()
+    };
+    let out = CudaStorage::alloc(x.dev(), x.dtype(), numel)?;
+    if n == 0 || numel == 0 {
+        return Ok(out);
+    }
+    let rows = numel / n;
+    launch!(x.dev(), kname("softmax", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
+        src, out.ptr(), n as i64, log as i32)?;
+    Ok(out)
+}
+
+pub(crate) fn softmax_backward(y: &CudaStorage, g: &CudaStorage, n: usize, log: bool) -> Result<CudaStorage> {
+    same_device("softmax_backward", y, g)?;
+    same_dtype("softmax_backward", y, g)?;
+    if !y.dtype().is_float() {
+        return Err(need_float("softmax_backward", y.dtype()));
+    }
+    let out = CudaStorage::alloc(y.dev(), y.dtype(), y.len())?;
+    if n == 0 || y.is_empty() {
+        return Ok(out);
+    }
+    let rows = y.len() / n;
+    launch!(y.dev(), kname("softmax_backward", y.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
+        y.ptr(), g.ptr(), out.ptr(), n as i64, log as i32)?;
+    Ok(out)
+}
