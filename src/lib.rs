@@ -23,7 +23,7 @@ mod tensor;
 
 pub use backend::cuda;
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
-pub use backend::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+pub use backend::{AdamParams, BinaryOp, CmpOp, ReduceOp, SgdParams, UnaryOp};
 pub use device::Device;
 pub use dtype::{DType, Element, Real};
 pub use error::{Error, Result};

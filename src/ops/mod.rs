@@ -8,6 +8,7 @@ mod index;
 mod loss;
 mod matmul;
 mod norm;
+mod optim;
 mod reduce;
 mod shape;
 mod softmax;

@@ -1,6 +1,7 @@
 //! One integration-test crate (so the build links one binary); each file covers one area.
 
 mod common;
+mod cuda;
 mod errors;
 mod fixtures;
 mod gradcheck;

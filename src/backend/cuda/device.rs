@@ -23,10 +23,11 @@ fn unavailable(device: Device, detail: impl Into<String>) -> Error {
     Error::DeviceUnavailable { op: "cuda", device, detail: detail.into() }
 }
 
-/// Whether libcuda can be loaded (false on machines without an NVIDIA driver).
+/// Whether libcuda can be loaded (false on machines without an NVIDIA driver). Probed once.
 fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
     // SAFETY: only tries to dlopen libcuda.
-    unsafe { sys::is_culib_present() }
+    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
 }
 
 /// How many CUDA devices the driver sees (0 without a driver or without kernels built in).
@@ -147,4 +148,20 @@ pub(crate) use launch;
 pub(crate) fn grid_for(n: usize, threads: u32) -> (u32, u32, u32) {
     let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 8);
     (blocks as u32, 1, 1)
+}
+
+/// Milliseconds of device time taken by the work `f` enqueues on `device`'s stream, measured with CUDA
+/// events (waits for that work). For benchmarks.
+pub fn time_ms(device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
+    let Device::Cuda(i) = device else {
+        return Err(Error::invalid("time_ms", "CUDA event timing needs a CUDA device"));
+    };
+    let d = CudaDevice::get(i)?;
+    d.bind()?;
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = d.stream.record_event(flags).map_err(|e| d.err("time_ms", e))?;
+    f()?;
+    let end = d.stream.record_event(flags).map_err(|e| d.err("time_ms", e))?;
+    end.synchronize().map_err(|e| d.err("time_ms", e))?;
+    start.elapsed_ms(&end).map_err(|e| d.err("time_ms", e))
 }

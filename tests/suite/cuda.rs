@@ -1,0 +1,682 @@
+//! The CUDA backend against the CPU backend: every op family and its backward on fresh random inputs
+//! (f32 ≤ 1e-5 relative with TF32 off, bf16/f16 ≤ 1e-2, f64 ≤ 1e-10), a 100-step MLP training loop with no
+//! driver allocation after its first step, and errors (out of memory, mixed devices).
+//!
+//! Without a GPU each device test prints "skipped: no CUDA device" and passes; with MUNJA_REQUIRE_GPU=1 it
+//! fails instead. The fatbin and register-spill checks run everywhere (they need only the build).
+
+use super::common::rel_err;
+use munja::{cuda, AdamParams, DType, Device, Error, Generator, Result, SgdParams, Tensor};
+
+const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::BF16, DType::F16];
+
+/// Device 0, or None (after saying why) when there is no usable GPU and none is required.
+fn gpu() -> Option<Device> {
+    if dry_run() {
+        return Some(Device::Cpu);
+    }
+    if cuda::is_available() {
+        cuda::set_tf32(false);
+        return Some(Device::Cuda(0));
+    }
+    let why = Tensor::zeros(&[1], DType::F32, Device::Cuda(0)).err().map(|e| e.to_string()).unwrap_or_default();
+    if std::env::var("MUNJA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("MUNJA_REQUIRE_GPU=1 but no CUDA device is usable: {why}");
+    }
+    println!("skipped: no CUDA device");
+    None
+}
+
+/// MUNJA_CUDA_TESTS_ON_CPU=1 runs the device tests with the CPU standing in for the GPU: it checks the
+/// tests themselves on machines without one (every comparison is then CPU against CPU).
+fn dry_run() -> bool {
+    std::env::var("MUNJA_CUDA_TESTS_ON_CPU").is_ok_and(|v| v == "1")
+}
+
+fn tol(d: DType) -> f64 {
+    match d {
+        DType::F64 => 1e-10,
+        DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+/// Random normal CPU tensor (seeded per call site) of `dtype`.
+fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::randn_with(&mut Generator::new(seed), shape, DType::F64, Device::Cpu).unwrap().to_dtype(dtype).unwrap().detach()
+}
+
+/// A detached copy of `t` on `d` (in a dry run, an independent CPU copy).
+fn on(t: &Tensor, d: Device) -> Tensor {
+    if d == Device::Cpu {
+        let v = t.to_vec_f64().unwrap();
+        return Tensor::from_vec(v, t.dims(), d).unwrap().to_dtype(t.dtype()).unwrap().detach();
+    }
+    t.to_device(d).unwrap().detach()
+}
+
+/// Asserts the GPU result matches the CPU one within `tol`.
+#[track_caller]
+fn close(what: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
+    assert_eq!(gpu.dims(), cpu.dims(), "{what}: shapes");
+    assert_eq!(gpu.dtype(), cpu.dtype(), "{what}: dtypes");
+    assert!(dry_run() || gpu.device() != Device::Cpu, "{what}: result left the GPU");
+    let g = gpu.to_device(Device::Cpu).unwrap();
+    let e = rel_err(&g, cpu).unwrap();
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+fn grad(t: &Tensor) -> Tensor {
+    t.grad().expect("gradient")
+}
+
+// ---------------------------------------------------------------- CPU-only: build artefacts
+
+/// ELF images inside the fatbin: (SM number, bytes).
+fn cubins(fatbin: &[u8]) -> Vec<(u32, &[u8])> {
+    let rd16 = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let rd32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let rd64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    let mut out = vec![];
+    let mut i = 0;
+    while let Some(p) = fatbin[i..].windows(4).position(|w| w == b"\x7fELF") {
+        let s = i + p;
+        let b = &fatbin[s..];
+        if b.len() > 0x40 && b[4] == 2 {
+            let flags = rd32(b, 0x30);
+            // CUDA ELF ABI: the SM is in bits 8..16 of e_flags (low byte in the older ABI 0x33).
+            let sm = if b[7] == 0x33 { flags & 0xff } else { (flags >> 8) & 0xff };
+            let end = (rd64(b, 0x28) + rd16(b, 0x3C) * rd16(b, 0x3A)).max(rd64(b, 0x20) + rd16(b, 0x38) * rd16(b, 0x36));
+            out.push((sm, &b[..end.min(b.len())]));
+            i = s + end.max(4);
+        } else {
+            i = s + 4;
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn fatbin_has_every_kernel_for_sm80_and_sm90() {
+    if cuda::FATBIN.is_empty() {
+        assert!(std::env::var("MUNJA_REQUIRE_GPU").is_err(), "built without nvcc");
+        println!("skipped: built without nvcc");
+        return;
+    }
+    let images = cubins(cuda::FATBIN);
+    for sm in [80, 90] {
+        let img = images.iter().find(|(s, _)| *s == sm).unwrap_or_else(|| panic!("no sm_{sm} cubin in the fatbin"));
+        let missing: Vec<String> = cuda::kernel_names()
+            .into_iter()
+            .filter(|n| !contains(img.1, format!("{n}\0").as_bytes()))
+            .collect();
+        assert!(missing.is_empty(), "sm_{sm} lacks {missing:?}");
+    }
+    // The PTX for newer GPUs is there too (compressed, so only its presence is checked).
+    assert!(contains(cuda::FATBIN, b"compute_80") || images.len() >= 2);
+}
+
+#[test]
+fn no_kernel_spills_registers() {
+    if cuda::PTXAS_REPORT.is_empty() {
+        println!("skipped: built without nvcc");
+        return;
+    }
+    // ptxas -v: "Compiling entry function 'NAME' for 'sm_XX'" ... "N bytes stack frame, S bytes spill stores, L bytes spill loads"
+    let mut current = String::new();
+    let mut bad = vec![];
+    let mut seen = 0;
+    for line in cuda::PTXAS_REPORT.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.replace("' for '", " @ ").trim_end_matches('\'').to_string();
+            seen += 1;
+        }
+        if line.contains("spill stores") {
+            let num = |key: &str| -> u64 {
+                let i = line.find(key).unwrap();
+                line[..i].trim_end().rsplit([' ', ',']).next().unwrap_or("0").parse().unwrap_or(u64::MAX)
+            };
+            if num("bytes spill stores") != 0 || num("bytes spill loads") != 0 {
+                bad.push(format!("{current}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(seen >= cuda::kernel_names().len(), "report lists only {seen} kernels");
+    assert!(bad.is_empty(), "kernels spill registers:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn without_a_device_cuda_is_a_clear_err() {
+    if cuda::is_available() {
+        return;
+    }
+    let e = Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).unwrap_err();
+    assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e}");
+    if cuda::FATBIN.is_empty() {
+        assert!(e.to_string().contains("munja was built without nvcc"), "{e}");
+    }
+}
+
+// ---------------------------------------------------------------- device tests
+
+#[test]
+fn unary_ops_match_cpu() {
+    let Some(d) = gpu() else { return };
+    type F = fn(&Tensor) -> Result<Tensor>;
+    let ops: Vec<(&str, F, bool)> = vec![
+        ("neg", |t| t.neg(), false),
+        ("exp", |t| t.exp(), false),
+        ("log", |t| t.log(), true),
+        ("sqrt", |t| t.sqrt(), true),
+        ("rsqrt", |t| t.rsqrt(), true),
+        ("recip", |t| t.recip(), true),
+        ("abs", |t| t.abs(), false),
+        ("tanh", |t| t.tanh(), false),
+        ("sigmoid", |t| t.sigmoid(), false),
+        ("relu", |t| t.relu(), false),
+        ("gelu", |t| t.gelu(), false),
+        ("gelu_erf", |t| t.gelu_erf(), false),
+        ("silu", |t| t.silu(), false),
+        ("powf", |t| t.powf(1.7), true),
+        ("clamp", |t| t.clamp(-0.5, 0.7), false),
+        ("affine", |t| t.affine(1.5, -0.25), false),
+    ];
+    for dt in FLOATS {
+        // A transposed (strided) view and a contiguous one with an odd length (vector tail).
+        let base = randn(1, &[67, 33], dt);
+        for (name, f, positive) in &ops {
+            let x = if *positive { base.abs().unwrap().add_scalar(0.1).unwrap() } else { base.clone() };
+            for (view, xc) in [("t", x.t().unwrap()), ("contig", x.clone())] {
+                let xg = on(&x, d);
+                let xg = if view == "t" { xg.t().unwrap() } else { xg };
+                close(&format!("{name} {dt} {view}"), &f(&xg).unwrap(), &f(&xc).unwrap(), tol(dt));
+            }
+        }
+    }
+}
+
+#[test]
+fn unary_backward_matches_cpu() {
+    let Some(d) = gpu() else { return };
+    for dt in [DType::F32, DType::F64] {
+        let x = randn(2, &[40, 50], dt).set_requires_grad(true);
+        let xg = on(&x, d).set_requires_grad(true);
+        let f = |t: &Tensor| t.gelu()?.add(&t.silu()?)?.add(&t.tanh()?)?.add(&t.clamp(-0.5, 0.5)?)?.mul(&t.sigmoid()?)?.sum_all();
+        f(&x).unwrap().backward().unwrap();
+        f(&xg).unwrap().backward().unwrap();
+        close(&format!("unary grads {dt}"), &grad(&xg), &grad(&x), tol(dt));
+    }
+}
+
+#[test]
+fn binary_ops_broadcast_like_cpu() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        let a = randn(3, &[5, 1, 37], dt);
+        let b = randn(4, &[4, 37], dt);
+        let (ag, bg) = (on(&a, d), on(&b, d));
+        type F = fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let ops: [(&str, F); 6] = [
+            ("add", |x, y| x.add(y)),
+            ("sub", |x, y| x.sub(y)),
+            ("mul", |x, y| x.mul(y)),
+            ("div", |x, y| x.div(y)),
+            ("maximum", |x, y| x.maximum(y)),
+            ("minimum", |x, y| x.minimum(y)),
+        ];
+        for (name, f) in ops {
+            close(&format!("{name} {dt}"), &f(&ag, &bg).unwrap(), &f(&a, &b).unwrap(), tol(dt));
+            // Same shape, contiguous fast path (1000 elements: a vector body and a tail).
+            let (p, q) = (randn(5, &[1000], dt), randn(6, &[1000], dt));
+            close(&format!("{name} {dt} contiguous"), &f(&on(&p, d), &on(&q, d)).unwrap(), &f(&p, &q).unwrap(), tol(dt));
+        }
+    }
+    let i = Tensor::from_vec((0..24i64).collect(), &[4, 6], Device::Cpu).unwrap();
+    let j = Tensor::from_vec(vec![3i64, -2, 7, 100, 0, 1], &[6], Device::Cpu).unwrap();
+    let r = on(&i, d).add(&on(&j, d)).unwrap().mul(&on(&j, d)).unwrap();
+    assert_eq!(r.to_vec::<i64>().unwrap(), i.add(&j).unwrap().mul(&j).unwrap().to_vec::<i64>().unwrap());
+}
+
+#[test]
+fn binary_backward_reduces_broadcast_dims() {
+    let Some(d) = gpu() else { return };
+    let a = randn(7, &[6, 1, 9], DType::F32).set_requires_grad(true);
+    let b = randn(8, &[5, 9], DType::F32).set_requires_grad(true);
+    let (ag, bg) = (on(&a, d).set_requires_grad(true), on(&b, d).set_requires_grad(true));
+    let f = |x: &Tensor, y: &Tensor| x.mul(y)?.add(&x.div(&y.abs()?.add_scalar(1.0)?)?)?.sum_all();
+    f(&a, &b).unwrap().backward().unwrap();
+    f(&ag, &bg).unwrap().backward().unwrap();
+    close("mul/div grad a", &grad(&ag), &grad(&a), 1e-5);
+    close("mul/div grad b", &grad(&bg), &grad(&b), 1e-5);
+}
+
+#[test]
+fn compare_where_and_masked_fill_match_cpu() {
+    let Some(d) = gpu() else { return };
+    for dt in [DType::F32, DType::BF16, DType::F64, DType::I64] {
+        let a = randn(9, &[8, 16], DType::F64).mul_scalar(3.0).unwrap().to_dtype(dt).unwrap();
+        let b = randn(10, &[16], DType::F64).mul_scalar(3.0).unwrap().to_dtype(dt).unwrap();
+        let (ag, bg) = (on(&a, d), on(&b, d));
+        for (c, cg) in [(a.lt(&b), ag.lt(&bg)), (a.ge(&b), ag.ge(&bg)), (a.eq(&a), ag.eq(&ag)), (a.ne(&b), ag.ne(&bg))] {
+            let (c, cg) = (c.unwrap(), cg.unwrap());
+            assert_eq!(cg.to_vec::<u8>().unwrap(), c.to_vec::<u8>().unwrap(), "compare {dt}");
+        }
+        let m = a.gt(&b).unwrap();
+        let mg = on(&m, d);
+        let w = Tensor::where_cond(&m, &a, &b.unsqueeze(0).unwrap().expand(&[8usize, 16][..]).unwrap()).unwrap();
+        let wg = Tensor::where_cond(&mg, &ag, &bg.unsqueeze(0).unwrap().expand(&[8usize, 16][..]).unwrap()).unwrap();
+        assert_eq!(wg.to_vec_f64().unwrap(), w.to_vec_f64().unwrap(), "where {dt}");
+    }
+    let x = randn(11, &[4, 4], DType::F32);
+    let m = x.gt_scalar(0.0).unwrap();
+    close("masked_fill", &on(&x, d).masked_fill(&on(&m, d), -1e4).unwrap(), &x.masked_fill(&m, -1e4).unwrap(), 0.0);
+}
+
+#[test]
+fn casts_and_strided_copies_match_cpu() {
+    let Some(d) = gpu() else { return };
+    let all = [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I64, DType::U8];
+    let src = randn(12, &[6, 7, 5], DType::F64).mul_scalar(40.0).unwrap();
+    for s in all {
+        let x = src.to_dtype(s).unwrap();
+        let xg = on(&x, d);
+        for t in all {
+            let (c, cg) = (x.permute(&[2usize, 0, 1][..]).unwrap().to_dtype(t).unwrap(), xg.permute(&[2usize, 0, 1][..]).unwrap().to_dtype(t).unwrap());
+            assert_eq!(cg.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), "cast {s} -> {t}");
+        }
+        // contiguous() of a narrowed, permuted view; and cat (copy_into at offsets).
+        let v = x.narrow(1, 2, 4).unwrap().transpose(0, 2).unwrap();
+        let vg = xg.narrow(1, 2, 4).unwrap().transpose(0, 2).unwrap();
+        assert_eq!(vg.contiguous().unwrap().to_vec_f64().unwrap(), v.contiguous().unwrap().to_vec_f64().unwrap());
+        let c = Tensor::cat(&[&x, &x.narrow(0, 1, 3).unwrap()], 0).unwrap();
+        let cg = Tensor::cat(&[&xg, &xg.narrow(0, 1, 3).unwrap()], 0).unwrap();
+        assert_eq!(cg.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), "cat {s}");
+    }
+}
+
+#[test]
+fn reductions_match_cpu() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        let x = randn(13, &[9, 130, 17], dt);
+        let xg = on(&x, d);
+        for dims in [vec![2isize], vec![1], vec![0], vec![0, 2], vec![1, 2], vec![0, 1, 2]] {
+            close(&format!("sum {dims:?} {dt}"), &xg.sum(&dims, false).unwrap(), &x.sum(&dims, false).unwrap(), tol(dt));
+            close(&format!("max {dims:?} {dt}"), &xg.max(&dims, true).unwrap(), &x.max(&dims, true).unwrap(), 0.0);
+            close(&format!("min {dims:?} {dt}"), &xg.min(&dims, false).unwrap(), &x.min(&dims, false).unwrap(), 0.0);
+        }
+        for dim in 0..3 {
+            let (a, ag) = (x.argmax(dim, false).unwrap(), xg.argmax(dim, false).unwrap());
+            assert_eq!(ag.to_vec::<i64>().unwrap(), a.to_vec::<i64>().unwrap(), "argmax {dim} {dt}");
+        }
+    }
+    // One long row spread over many blocks, and a wide sum over a short dim.
+    let big = randn(14, &[3_000_001], DType::F32);
+    close("sum_all 3M", &on(&big, d).sum_all().unwrap(), &big.sum_all().unwrap(), 1e-5);
+    let wide = randn(15, &[3, 200_000], DType::F32);
+    close("sum over 3 rows", &on(&wide, d).sum(&[0], false).unwrap(), &wide.sum(&[0], false).unwrap(), 1e-5);
+    let m = randn(16, &[64, 64], DType::F32).gt_scalar(0.0).unwrap();
+    assert_eq!(on(&m, d).count_nonzero().unwrap().item().unwrap(), m.count_nonzero().unwrap().item().unwrap());
+    // mean/var backward.
+    let x = randn(17, &[12, 40], DType::F32).set_requires_grad(true);
+    let xg = on(&x, d).set_requires_grad(true);
+    let f = |t: &Tensor| t.var(&[1], 1, false)?.add(&t.mean(&[1], false)?)?.add(&t.max(&[1], false)?)?.sum_all();
+    f(&x).unwrap().backward().unwrap();
+    f(&xg).unwrap().backward().unwrap();
+    close("reduce grads", &grad(&xg), &grad(&x), 1e-5);
+}
+
+#[test]
+fn softmax_and_log_softmax_match_cpu_with_grads() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        for n in [10usize, 1000, 50_257] {
+            let x = randn(18, &[7, n], dt).mul_scalar(3.0).unwrap().detach().set_requires_grad(true);
+            let xg = on(&x, d).set_requires_grad(true);
+            let w = randn(19, &[7, n], dt);
+            let wg = on(&w, d);
+            let (s, sg) = (x.softmax(-1).unwrap(), xg.softmax(-1).unwrap());
+            close(&format!("softmax {dt} n={n}"), &sg, &s, tol(dt));
+            let (l, lg) = (x.log_softmax(-1).unwrap(), xg.log_softmax(-1).unwrap());
+            close(&format!("log_softmax {dt} n={n}"), &lg, &l, tol(dt));
+            s.mul(&w).unwrap().add(&l.mul(&w).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            sg.mul(&wg).unwrap().add(&lg.mul(&wg).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            close(&format!("softmax grad {dt} n={n}"), &grad(&xg), &grad(&x), tol(dt) * 10.0);
+        }
+    }
+    // Softmax over a non-last dim (a strided view) and a fully masked row (NaN, as on the CPU).
+    let x = randn(20, &[6, 5, 4], DType::F32);
+    close("softmax dim 1", &on(&x, d).softmax(1).unwrap(), &x.softmax(1).unwrap(), 1e-5);
+    let m = Tensor::full(&[2, 8], f64::NEG_INFINITY, DType::F32, d).unwrap().softmax(-1).unwrap();
+    assert!(m.to_vec::<f32>().unwrap().iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn layer_norm_and_rms_norm_match_cpu_with_grads() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        for n in [64usize, 768, 4099] {
+            let x = randn(21, &[33, n], dt).add_scalar(0.5).unwrap().detach().set_requires_grad(true);
+            let w = randn(22, &[n], dt).set_requires_grad(true);
+            let b = randn(23, &[n], dt).set_requires_grad(true);
+            let g = randn(24, &[33, n], dt);
+            let (xg, wg, bg) = (on(&x, d).set_requires_grad(true), on(&w, d).set_requires_grad(true), on(&b, d).set_requires_grad(true));
+            let gg = on(&g, d);
+            let y = x.layer_norm(&[n], Some(&w), Some(&b), 1e-5).unwrap();
+            let yg = xg.layer_norm(&[n], Some(&wg), Some(&bg), 1e-5).unwrap();
+            close(&format!("layer_norm {dt} {n}"), &yg, &y, tol(dt));
+            let r = x.rms_norm(&[n], Some(&w), 1e-6).unwrap();
+            let rg = xg.rms_norm(&[n], Some(&wg), 1e-6).unwrap();
+            close(&format!("rms_norm {dt} {n}"), &rg, &r, tol(dt));
+            y.add(&r).unwrap().mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            yg.add(&rg).unwrap().mul(&gg).unwrap().sum_all().unwrap().backward().unwrap();
+            let t = tol(dt) * if dt == DType::F32 { 10.0 } else { 1.0 };
+            close(&format!("norm grad x {dt} {n}"), &grad(&xg), &grad(&x), t);
+            close(&format!("norm grad w {dt} {n}"), &grad(&wg), &grad(&w), t);
+            close(&format!("norm grad b {dt} {n}"), &grad(&bg), &grad(&b), t);
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_matches_cpu_with_grads() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        for c in [10usize, 50_257] {
+            let x = randn(25, &[19, c], dt).mul_scalar(2.0).unwrap().detach().set_requires_grad(true);
+            let xg = on(&x, d).set_requires_grad(true);
+            let mut t: Vec<i64> = (0..19).map(|i| ((i * 7919) % c) as i64).collect();
+            t[3] = -100;
+            let t = Tensor::from_vec(t, &[19], Device::Cpu).unwrap();
+            let tg = on(&t, d);
+            let (l, lg) = (x.cross_entropy(&t, -100).unwrap(), xg.cross_entropy(&tg, -100).unwrap());
+            close(&format!("cross_entropy {dt} C={c}"), &lg, &l, tol(dt));
+            l.backward().unwrap();
+            lg.backward().unwrap();
+            close(&format!("cross_entropy grad {dt} C={c}"), &grad(&xg), &grad(&x), tol(dt));
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_for_layouts_and_dtypes() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        let t = if dt == DType::F32 { 1e-5 } else { tol(dt) };
+        // Plain, transposed operands (used in place), batched, broadcast batch, odd sizes.
+        let a = randn(26, &[3, 37, 64], dt);
+        let b = randn(27, &[3, 64, 29], dt);
+        let (ag, bg) = (on(&a, d), on(&b, d));
+        close(&format!("bmm {dt}"), &ag.matmul(&bg).unwrap(), &a.matmul(&b).unwrap(), t);
+        let (at, bt) = (randn(28, &[64, 37], dt), randn(29, &[29, 64], dt));
+        let (atg, btg) = (on(&at, d), on(&bt, d));
+        close(&format!("AᵀBᵀ {dt}"), &atg.t().unwrap().matmul(&btg.t().unwrap()).unwrap(), &at.t().unwrap().matmul(&bt.t().unwrap()).unwrap(), t);
+        let w = randn(30, &[64, 29], dt);
+        close(&format!("broadcast rhs {dt}"), &ag.matmul(&on(&w, d)).unwrap(), &a.matmul(&w).unwrap(), t);
+        let v = randn(31, &[64], dt);
+        close(&format!("matvec {dt}"), &ag.matmul(&on(&v, d)).unwrap(), &a.matmul(&v).unwrap(), t);
+        // Non-unit strides in both matrix dims force a copy.
+        let s = randn(32, &[74, 64], dt);
+        let sv = s.narrow(0, 0, 74).unwrap().reshape(&[37usize, 2, 64][..]).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let svg = on(&s, d).reshape(&[37usize, 2, 64][..]).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        close(&format!("strided lhs {dt}"), &svg.matmul(&on(&w, d)).unwrap(), &sv.matmul(&w).unwrap(), t);
+    }
+    // Backward through a 2-layer product, f32 strict.
+    let a = randn(33, &[16, 48], DType::F32).set_requires_grad(true);
+    let b = randn(34, &[48, 24], DType::F32).set_requires_grad(true);
+    let (ag, bg) = (on(&a, d).set_requires_grad(true), on(&b, d).set_requires_grad(true));
+    a.matmul(&b).unwrap().tanh().unwrap().sum_all().unwrap().backward().unwrap();
+    ag.matmul(&bg).unwrap().tanh().unwrap().sum_all().unwrap().backward().unwrap();
+    close("matmul grad a", &grad(&ag), &grad(&a), 1e-5);
+    close("matmul grad b", &grad(&bg), &grad(&b), 1e-5);
+    // TF32 opt-in stays close (≈1e-3).
+    cuda::set_tf32(true);
+    let (p, q) = (randn(35, &[256, 256], DType::F32), randn(36, &[256, 256], DType::F32));
+    close("tf32 matmul", &on(&p, d).matmul(&on(&q, d)).unwrap(), &p.matmul(&q).unwrap(), 1e-2);
+    cuda::set_tf32(false);
+}
+
+#[test]
+fn indexing_matches_cpu_with_grads() {
+    let Some(d) = gpu() else { return };
+    for dt in [DType::F32, DType::BF16, DType::F64] {
+        let table = randn(37, &[50, 24], dt).set_requires_grad(true);
+        let tg = on(&table, d).set_requires_grad(true);
+        let ids = Tensor::from_vec(vec![3i64, 7, 3, 49, 0, 7, 7, 12], &[2, 4], Device::Cpu).unwrap();
+        let idg = on(&ids, d);
+        let (e, eg) = (table.embedding(&ids).unwrap(), tg.embedding(&idg).unwrap());
+        close(&format!("embedding {dt}"), &eg, &e, 0.0);
+        let w = randn(38, &[2, 4, 24], dt);
+        e.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        eg.mul(&on(&w, d)).unwrap().sum_all().unwrap().backward().unwrap();
+        close(&format!("embedding grad (index_add) {dt}"), &grad(&tg), &grad(&table), tol(dt));
+
+        let x = randn(39, &[6, 9], dt).set_requires_grad(true);
+        let xg = on(&x, d).set_requires_grad(true);
+        let gi = Tensor::from_vec((0..18).map(|i| (i * 5 % 9) as i64).collect(), &[6, 3], Device::Cpu).unwrap();
+        let (g, gg) = (x.gather(1, &gi).unwrap(), xg.gather(1, &on(&gi, d)).unwrap());
+        close(&format!("gather {dt}"), &gg, &g, 0.0);
+        g.sum_all().unwrap().backward().unwrap();
+        gg.sum_all().unwrap().backward().unwrap();
+        close(&format!("gather grad (scatter_add) {dt}"), &grad(&xg), &grad(&x), tol(dt));
+        let src = randn(40, &[6, 3], dt);
+        close(
+            &format!("scatter_add dim 0 {dt}"),
+            &on(&x, d).detach().scatter_add(0, &on(&gi.remainder6(), d), &on(&src, d)).unwrap(),
+            &x.detach().scatter_add(0, &gi.remainder6(), &src).unwrap(),
+            tol(dt),
+        );
+        let sel = Tensor::from_vec(vec![5i64, 0, 5], &[3], Device::Cpu).unwrap();
+        close(&format!("index_select dim 0 {dt}"), &xg.index_select(0, &on(&sel, d)).unwrap(), &x.index_select(0, &sel).unwrap(), 0.0);
+        let s2 = randn(41, &[6, 3], dt);
+        close(
+            &format!("index_add dim 1 {dt}"),
+            &on(&x, d).detach().index_add(1, &on(&sel, d), &on(&s2, d)).unwrap(),
+            &x.detach().index_add(1, &sel, &s2).unwrap(),
+            tol(dt),
+        );
+    }
+}
+
+/// Row indices in 0..6 (for scatter along dim 0 of a [6, 9] tensor).
+trait Rem6 {
+    fn remainder6(&self) -> Tensor;
+}
+impl Rem6 for Tensor {
+    fn remainder6(&self) -> Tensor {
+        let v: Vec<i64> = self.to_vec::<i64>().unwrap().iter().map(|x| x % 6).collect();
+        Tensor::from_vec(v, self.dims(), Device::Cpu).unwrap()
+    }
+}
+
+#[test]
+fn random_streams_are_identical_to_cpu() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        for n in [1usize, 7, 4096 + 3] {
+            let (u, ug) = (
+                Tensor::rand_with(&mut Generator::new(42), &[n], dt, Device::Cpu).unwrap(),
+                Tensor::rand_with(&mut Generator::new(42), &[n], dt, d).unwrap(),
+            );
+            assert_eq!(ug.to_vec_f64().unwrap(), u.to_vec_f64().unwrap(), "uniform {dt} n={n}");
+            let (z, zg) = (
+                Tensor::randn_with(&mut Generator::new(43), &[n], dt, Device::Cpu).unwrap(),
+                Tensor::randn_with(&mut Generator::new(43), &[n], dt, d).unwrap(),
+            );
+            // Box-Muller in f64 with the device's log/cos/sin: equal to the last bit or two.
+            close(&format!("normal {dt} n={n}"), &zg, &z, if dt == DType::F64 { 1e-14 } else { 1e-7 });
+        }
+    }
+}
+
+fn adam(step: u64, decoupled: bool) -> AdamParams {
+    AdamParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, decoupled, step }
+}
+
+#[test]
+fn fused_optimizers_match_cpu() {
+    let Some(d) = gpu() else { return };
+    for dt in [DType::F32, DType::F64] {
+        for decoupled in [false, true] {
+            let p = randn(44, &[1000], dt);
+            let (m, v) = (Tensor::zeros(&[1000], dt, Device::Cpu).unwrap(), Tensor::zeros(&[1000], dt, Device::Cpu).unwrap());
+            let (pg, mg, vg) = (on(&p, d), on(&m, d), on(&v, d));
+            for step in 1..=5 {
+                let g = randn(45 + step, &[1000], dt);
+                p.adam_update_(&g, &m, &v, adam(step, decoupled)).unwrap();
+                pg.adam_update_(&on(&g, d), &mg, &vg, adam(step, decoupled)).unwrap();
+            }
+            close(&format!("adam {dt} decoupled={decoupled}"), &pg, &p, tol(dt));
+            close(&format!("adam v {dt}"), &vg, &v, tol(dt));
+        }
+        let p = randn(50, &[777], dt);
+        let b = Tensor::zeros(&[777], dt, Device::Cpu).unwrap();
+        let (pg, bg) = (on(&p, d), on(&b, d));
+        for step in 0..4 {
+            let h = SgdParams { lr: 0.1, momentum: 0.9, dampening: 0.1, weight_decay: 1e-4, nesterov: step % 2 == 1, first_step: step == 0 };
+            let g = randn(51 + step, &[777], dt);
+            p.sgd_update_(&g, Some(&b), h).unwrap();
+            pg.sgd_update_(&on(&g, d), Some(&bg), h).unwrap();
+            p.sgd_update_(&g, None, h).unwrap();
+            pg.sgd_update_(&on(&g, d), None, h).unwrap();
+        }
+        close(&format!("sgd {dt}"), &pg, &p, tol(dt));
+    }
+}
+
+/// The MNIST-MLP shape (784-512-512-10, batch 128), Adam through the fused update.
+fn mlp_losses(device: Device, steps: usize, mut after_step: impl FnMut(usize)) -> Vec<f64> {
+    let mut g = Generator::new(7);
+    let init = |g: &mut Generator, shape: &[usize], fan_in: usize| {
+        Tensor::randn_with(g, shape, DType::F32, Device::Cpu).unwrap().mul_scalar((1.0 / fan_in as f64).sqrt()).unwrap().to_device(device).unwrap().detach().set_requires_grad(true)
+    };
+    let params = vec![
+        init(&mut g, &[784, 512], 784),
+        Tensor::zeros(&[512], DType::F32, device).unwrap().set_requires_grad(true),
+        init(&mut g, &[512, 512], 512),
+        Tensor::zeros(&[512], DType::F32, device).unwrap().set_requires_grad(true),
+        init(&mut g, &[512, 10], 512),
+        Tensor::zeros(&[10], DType::F32, device).unwrap().set_requires_grad(true),
+    ];
+    let state: Vec<(Tensor, Tensor)> =
+        params.iter().map(|p| (p.zeros_like().unwrap(), p.zeros_like().unwrap())).collect();
+    let x = Tensor::rand_with(&mut g, &[128, 784], DType::F32, device).unwrap();
+    let y: Vec<i64> = (0..128).map(|i| (i * 31 % 10) as i64).collect();
+    let y = Tensor::from_vec(y, &[128], device).unwrap();
+    let mut losses = vec![];
+    let mut pending = vec![];
+    for step in 1..=steps {
+        for p in &params {
+            p.zero_grad();
+        }
+        let h = x.matmul(&params[0]).unwrap().add(&params[1]).unwrap().relu().unwrap();
+        let h = h.matmul(&params[2]).unwrap().add(&params[3]).unwrap().relu().unwrap();
+        let logits = h.matmul(&params[4]).unwrap().add(&params[5]).unwrap();
+        let loss = logits.cross_entropy(&y, -100).unwrap();
+        loss.backward().unwrap();
+        for (p, (m, v)) in params.iter().zip(&state) {
+            let gr = p.grad().unwrap();
+            p.adam_update_(&gr, m, v, AdamParams { decoupled: true, ..adam(step as u64, true) }).unwrap();
+        }
+        // Read losses back only at the end (reading syncs; the steady loop must not need it).
+        pending.push(loss.detach());
+        after_step(step);
+    }
+    for l in pending {
+        losses.push(l.item().unwrap());
+    }
+    losses
+}
+
+#[test]
+fn mlp_training_loop_learns_like_the_cpu() {
+    let Some(d) = gpu() else { return };
+    let losses = mlp_losses(d, 100, |_| {});
+    assert!(losses[99] < losses[0] * 0.5, "loss did not fall: {} -> {}", losses[0], losses[99]);
+    // The same loop on the CPU gives the same losses for the first steps.
+    let cpu = mlp_losses(Device::Cpu, 5, |_| {});
+    for (i, (a, b)) in losses.iter().zip(&cpu).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "step {}: gpu {a} cpu {b}", i + 1);
+    }
+}
+
+#[test]
+fn mlp_training_loop_allocates_nothing_after_step_one() {
+    let Some(d) = gpu() else { return };
+    let mut after_first = 0;
+    let mut counts = vec![];
+    mlp_losses_dropping(d, 100, &mut |step| {
+        if step == 1 {
+            after_first = cuda::driver_allocations();
+        }
+        counts.push(cuda::driver_allocations());
+    });
+    assert_eq!(cuda::driver_allocations(), after_first, "driver allocations after each step: {counts:?}");
+}
+
+/// The same loop keeping nothing alive between steps; reads the loss only at the last step.
+fn mlp_losses_dropping(device: Device, steps: usize, cb: &mut dyn FnMut(usize)) -> Vec<f64> {
+    let mut g = Generator::new(7);
+    let dims = [(784usize, 512usize), (512, 512), (512, 10)];
+    let mut params = vec![];
+    for (i, o) in dims {
+        params.push(Tensor::randn_with(&mut g, &[i, o], DType::F32, device).unwrap().mul_scalar((1.0 / i as f64).sqrt()).unwrap().detach().set_requires_grad(true));
+        params.push(Tensor::zeros(&[o], DType::F32, device).unwrap().set_requires_grad(true));
+    }
+    let state: Vec<(Tensor, Tensor)> = params.iter().map(|p| (p.zeros_like().unwrap(), p.zeros_like().unwrap())).collect();
+    let x = Tensor::rand_with(&mut g, &[128, 784], DType::F32, device).unwrap();
+    let y = Tensor::from_vec((0..128).map(|i| (i * 31 % 10) as i64).collect(), &[128], device).unwrap();
+    let mut last = 0.0;
+    for step in 1..=steps {
+        for p in &params {
+            p.zero_grad();
+        }
+        let mut h = x.clone();
+        for l in 0..3 {
+            h = h.matmul(&params[2 * l]).unwrap().add(&params[2 * l + 1]).unwrap();
+            if l < 2 {
+                h = h.relu().unwrap();
+            }
+        }
+        let loss = h.cross_entropy(&y, -100).unwrap();
+        loss.backward().unwrap();
+        for (p, (m, v)) in params.iter().zip(&state) {
+            p.adam_update_(&p.grad().unwrap(), m, v, adam(step as u64, true)).unwrap();
+        }
+        if step == steps {
+            last = loss.item().unwrap();
+        }
+        cb(step);
+    }
+    vec![last]
+}
+
+#[test]
+fn out_of_memory_is_an_err() {
+    let Some(d) = gpu() else { return };
+    if dry_run() {
+        return;
+    }
+    let e = Tensor::zeros(&[1 << 40], DType::F32, d).unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory { requested, .. } if requested == 4 << 40), "{e}");
+    // The device still works afterwards.
+    assert_eq!(Tensor::ones(&[3], DType::F32, d).unwrap().sum_all().unwrap().item().unwrap(), 3.0);
+}
+
+#[test]
+fn mixing_devices_is_an_err_not_a_panic() {
+    let Some(d) = gpu() else { return };
+    if dry_run() {
+        return;
+    }
+    let a = Tensor::ones(&[4], DType::F32, d).unwrap();
+    let b = Tensor::ones(&[4], DType::F32, Device::Cpu).unwrap();
+    assert!(matches!(a.add(&b).unwrap_err(), Error::Device { .. }));
+    assert!(matches!(b.matmul(&a.reshape(&[4usize, 1][..]).unwrap()).unwrap_err(), Error::Device { .. }));
+    let t = Tensor::from_vec(vec![1i64], &[1], Device::Cpu).unwrap();
+    assert!(a.reshape(&[1usize, 4][..]).unwrap().cross_entropy(&t, -100).is_err());
+}
