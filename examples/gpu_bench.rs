@@ -12,7 +12,7 @@
 //!     cargo run --release --example gpu_bench
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::CudaContext;
+use cudarc::driver::{sys::CUevent_flags::CU_EVENT_DEFAULT, CudaContext};
 use munja::{cuda, AdamParams, DType, Device, Generator, Result, Tensor};
 
 const WARMUP: usize = 5;
@@ -87,9 +87,9 @@ fn main() -> Result<()> {
         }
         let mut ts = vec![];
         for _ in 0..RUNS {
-            let a = stream.record_event(None).expect("event");
+            let a = stream.record_event(Some(CU_EVENT_DEFAULT)).expect("event");
             f();
-            let b = stream.record_event(None).expect("event");
+            let b = stream.record_event(Some(CU_EVENT_DEFAULT)).expect("event");
             b.synchronize().expect("sync");
             ts.push(a.elapsed_ms(&b).expect("elapsed"));
         }
@@ -140,6 +140,10 @@ fn main() -> Result<()> {
         let bg = bias.detach().set_requires_grad(true);
         let g = randn(6, &[rows, cols], dt, d)?;
         let ms = time(d, || {
+            // Fresh gradients each run (accumulating would add an extra pass).
+            for t in [&xg, &wg, &bg] {
+                t.zero_grad();
+            }
             let y = xg.layer_norm(&[cols], Some(&wg), Some(&bg), 1e-5)?;
             y.backward_with(&g)
         })?;
@@ -161,7 +165,10 @@ fn main() -> Result<()> {
         let chk = verdict(rel_max(&l.narrow(0, 0, 16)?.to_device(Device::Cpu)?.to_dtype(DType::F64)?, &lr)?, if dt == DType::F32 { 1e-5 } else { 1e-2 });
         report(&format!("cross_entropy fwd {dt}"), &format!("{nr}x{nc}"), ms, gb((nr * nc) as f64 * es, ms), "GB/s", copy_gbs, &chk);
         let xg = x.detach().set_requires_grad(true);
-        let ms_all = time(d, || xg.cross_entropy(&t, -100)?.backward())?;
+        let ms_all = time(d, || {
+            xg.zero_grad();
+            xg.cross_entropy(&t, -100)?.backward()
+        })?;
         let ms_f = time(d, || xg.cross_entropy(&t, -100).map(|_| ()))?;
         let bwd = (ms_all - ms_f).max(1e-3);
         report(&format!("cross_entropy bwd {dt}"), &format!("{nr}x{nc}"), bwd, gb(2.0 * (nr * nc) as f64 * es, bwd), "GB/s", copy_gbs, "-");

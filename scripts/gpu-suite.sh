@@ -47,6 +47,7 @@ echo "benchmark (${bench_s}s, exit $bench_rc): median of 30 CUDA-event timings a
 {
     echo "op|shape|time (us)|throughput|unit|% of ceiling|check vs f64"
     grep '^RESULT|' "$log/bench.txt" | cut -d'|' -f2-
-} | column -t -s'|'
+} | awk -F'|' '{ for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; if (NF > nf) nf = NF }
+    END { for (r = 1; r <= n; r++) { line = ""; for (i = 1; i <= nf; i++) line = line sprintf("%-" w[i] "s  ", cell[r, i]); sub(/ +$/, "", line); print line } }'
 grep -q 'FAIL(' "$log/bench.txt" && bench_rc=1
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

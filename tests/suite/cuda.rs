@@ -508,7 +508,13 @@ fn random_streams_are_identical_to_cpu() {
                 Tensor::randn_with(&mut Generator::new(43), &[n], dt, d).unwrap(),
             );
             // Box-Muller in f64 with the device's log/cos/sin: equal to the last bit or two.
-            close(&format!("normal {dt} n={n}"), &zg, &z, if dt == DType::F64 { 1e-14 } else { 1e-7 });
+            // (bf16/f16: an element whose f64 value sits on a rounding boundary may round one ulp apart.)
+            let t = match dt {
+                DType::F64 => 1e-14,
+                DType::F32 => 1e-7,
+                _ => 2e-3,
+            };
+            close(&format!("normal {dt} n={n}"), &zg, &z, t);
         }
     }
 }
@@ -597,10 +603,11 @@ fn mlp_training_loop_learns_like_the_cpu() {
     let Some(d) = gpu() else { return };
     let losses = mlp_losses(d, 100, |_| {});
     assert!(losses[99] < losses[0] * 0.5, "loss did not fall: {} -> {}", losses[0], losses[99]);
-    // The same loop on the CPU gives the same losses for the first steps.
+    // The same loop on the CPU gives the same losses for the first steps (Adam's normalisation amplifies
+    // last-bit differences of the gradients, so the agreement loosens a little per step).
     let cpu = mlp_losses(Device::Cpu, 5, |_| {});
     for (i, (a, b)) in losses.iter().zip(&cpu).enumerate() {
-        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "step {}: gpu {a} cpu {b}", i + 1);
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "step {}: gpu {a} cpu {b}", i + 1);
     }
 }
 
