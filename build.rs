@@ -43,7 +43,9 @@ fn main() {
     let report = out.join("ptxas_report.txt");
 
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "cu")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "cu")).collect()
+        })
         .unwrap_or_default();
     sources.sort();
     for s in &sources {
@@ -75,7 +77,11 @@ fn main() {
         .map(|s| s.trim().trim_start_matches("sm_").to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let ptx_arch = archs.iter().min_by_key(|a| a.trim_end_matches(char::is_alphabetic).parse::<u32>().unwrap_or(0)).cloned().unwrap_or("80".into());
+    let ptx_arch = archs
+        .iter()
+        .min_by_key(|a| a.trim_end_matches(char::is_alphabetic).parse::<u32>().unwrap_or(0))
+        .cloned()
+        .unwrap_or("80".into());
     let common = |c: &mut Command| {
         c.arg("-std=c++17").arg("-O3").arg("-I").arg(std::fs::canonicalize("kernels").unwrap());
         // Line info doubles the cubins; opt in for profiling with ncu.
@@ -114,7 +120,11 @@ fn main() {
         let num = a.trim_end_matches(char::is_alphabetic);
         fb.arg(format!("--image3=kind=elf,sm={num},file={}", out.join(format!("munja_sm_{a}.cubin")).display()));
     }
-    fb.arg(format!("--image3=kind=ptx,sm={},file={}", ptx_arch.trim_end_matches(char::is_alphabetic), out.join("munja.ptx").display()));
+    fb.arg(format!(
+        "--image3=kind=ptx,sm={},file={}",
+        ptx_arch.trim_end_matches(char::is_alphabetic),
+        out.join("munja.ptx").display()
+    ));
     run(&mut fb, "fatbinary");
 
     let text: String = reports.iter().filter(|(a, _)| a != "ptx").map(|(_, r)| r.as_str()).collect();

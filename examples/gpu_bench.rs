@@ -79,7 +79,9 @@ fn main() -> Result<()> {
     let ctx = CudaContext::new(0).expect("context");
     let stream = ctx.new_stream().expect("stream");
     let n_copy = 1usize << 28;
-    let src = stream.clone_htod(&Tensor::rand(&[1 << 20], DType::F32, Device::Cpu)?.to_vec::<f32>()?.repeat(256)).expect("htod");
+    let src = stream
+        .clone_htod(&Tensor::rand(&[1 << 20], DType::F32, Device::Cpu)?.to_vec::<f32>()?.repeat(256))
+        .expect("htod");
     let mut dst = stream.alloc_zeros::<f32>(n_copy).expect("alloc");
     let time_raw = |f: &mut dyn FnMut()| -> f32 {
         for _ in 0..WARMUP {
@@ -162,8 +164,19 @@ fn main() -> Result<()> {
         let ms = time(d, || x.cross_entropy_per_row(&t, -100).map(|_| ()))?;
         let l = x.cross_entropy_per_row(&t, -100)?;
         let lr = head(&x, 16)?.cross_entropy_per_row(&t.narrow(0, 0, 16)?.to_device(Device::Cpu)?, -100)?;
-        let chk = verdict(rel_max(&l.narrow(0, 0, 16)?.to_device(Device::Cpu)?.to_dtype(DType::F64)?, &lr)?, if dt == DType::F32 { 1e-5 } else { 1e-2 });
-        report(&format!("cross_entropy fwd {dt}"), &format!("{nr}x{nc}"), ms, gb((nr * nc) as f64 * es, ms), "GB/s", copy_gbs, &chk);
+        let chk = verdict(
+            rel_max(&l.narrow(0, 0, 16)?.to_device(Device::Cpu)?.to_dtype(DType::F64)?, &lr)?,
+            if dt == DType::F32 { 1e-5 } else { 1e-2 },
+        );
+        report(
+            &format!("cross_entropy fwd {dt}"),
+            &format!("{nr}x{nc}"),
+            ms,
+            gb((nr * nc) as f64 * es, ms),
+            "GB/s",
+            copy_gbs,
+            &chk,
+        );
         let xg = x.detach().set_requires_grad(true);
         let ms_all = time(d, || {
             xg.zero_grad();
@@ -171,7 +184,15 @@ fn main() -> Result<()> {
         })?;
         let ms_f = time(d, || xg.cross_entropy(&t, -100).map(|_| ()))?;
         let bwd = (ms_all - ms_f).max(1e-3);
-        report(&format!("cross_entropy bwd {dt}"), &format!("{nr}x{nc}"), bwd, gb(2.0 * (nr * nc) as f64 * es, bwd), "GB/s", copy_gbs, "-");
+        report(
+            &format!("cross_entropy bwd {dt}"),
+            &format!("{nr}x{nc}"),
+            bwd,
+            gb(2.0 * (nr * nc) as f64 * es, bwd),
+            "GB/s",
+            copy_gbs,
+            "-",
+        );
     }
 
     // ---- AdamW, 2^26 f32 parameters: reads p, g, m, v; writes p, m, v ----
@@ -214,16 +235,42 @@ fn main() -> Result<()> {
         // cuBLAS on the same data: row-major C = A·B as column-major Cᵀ = Bᵀ·Aᵀ.
         let cublas_ms = match dt {
             DType::BF16 => {
-                let (ad, bd) = (stream.clone_htod(&a.to_vec::<half::bf16>()?).unwrap(), stream.clone_htod(&b.to_vec::<half::bf16>()?).unwrap());
+                let (ad, bd) = (
+                    stream.clone_htod(&a.to_vec::<half::bf16>()?).unwrap(),
+                    stream.clone_htod(&b.to_vec::<half::bf16>()?).unwrap(),
+                );
                 let mut cd = stream.alloc_zeros::<half::bf16>(s * s).unwrap();
-                let cfg = GemmConfig { transa: cublasOperation_t::CUBLAS_OP_N, transb: cublasOperation_t::CUBLAS_OP_N, m: s as i32, n: s as i32, k: s as i32, alpha: half::bf16::ONE, lda: s as i32, ldb: s as i32, beta: half::bf16::ZERO, ldc: s as i32 };
+                let cfg = GemmConfig {
+                    transa: cublasOperation_t::CUBLAS_OP_N,
+                    transb: cublasOperation_t::CUBLAS_OP_N,
+                    m: s as i32,
+                    n: s as i32,
+                    k: s as i32,
+                    alpha: half::bf16::ONE,
+                    lda: s as i32,
+                    ldb: s as i32,
+                    beta: half::bf16::ZERO,
+                    ldc: s as i32,
+                };
                 // SAFETY: buffers hold s×s elements each.
                 time_raw(&mut || unsafe { blas.gemm(cfg, &bd, &ad, &mut cd) }.expect("gemm"))
             }
             _ => {
-                let (ad, bd) = (stream.clone_htod(&a.to_vec::<f32>()?).unwrap(), stream.clone_htod(&b.to_vec::<f32>()?).unwrap());
+                let (ad, bd) =
+                    (stream.clone_htod(&a.to_vec::<f32>()?).unwrap(), stream.clone_htod(&b.to_vec::<f32>()?).unwrap());
                 let mut cd = stream.alloc_zeros::<f32>(s * s).unwrap();
-                let cfg = GemmConfig { transa: cublasOperation_t::CUBLAS_OP_N, transb: cublasOperation_t::CUBLAS_OP_N, m: s as i32, n: s as i32, k: s as i32, alpha: 1.0f32, lda: s as i32, ldb: s as i32, beta: 0.0f32, ldc: s as i32 };
+                let cfg = GemmConfig {
+                    transa: cublasOperation_t::CUBLAS_OP_N,
+                    transb: cublasOperation_t::CUBLAS_OP_N,
+                    m: s as i32,
+                    n: s as i32,
+                    k: s as i32,
+                    alpha: 1.0f32,
+                    lda: s as i32,
+                    ldb: s as i32,
+                    beta: 0.0f32,
+                    ldc: s as i32,
+                };
                 // SAFETY: as above.
                 time_raw(&mut || unsafe { blas.gemm(cfg, &bd, &ad, &mut cd) }.expect("gemm"))
             }

@@ -126,6 +126,10 @@ pub trait Real:
     fn min(self, o: Self) -> Self;
     fn is_nan(self) -> bool;
     /// The GEMM entry for this type (gemm crate, strided operands).
+    ///
+    /// # Safety
+    /// The pointers and strides must describe valid m×k, k×n and m×n matrices, and `dst` must not alias
+    /// the operands.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
         m: usize,

@@ -21,8 +21,8 @@ pub mod rng;
 pub mod shape;
 mod tensor;
 
-pub use backend::cuda;
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use backend::cuda;
 pub use backend::{AdamParams, BinaryOp, CmpOp, ReduceOp, SgdParams, UnaryOp};
 pub use device::Device;
 pub use dtype::{DType, Element, Real};

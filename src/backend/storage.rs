@@ -234,7 +234,8 @@ impl Storage {
         match self {
             Storage::Cpu(x) => {
                 let w = w.map(|s| cpu_of(OP, s)).transpose()?;
-                let o = cpu::norm_backward(x, w, has_bias, cpu_of(OP, mean)?, cpu_of(OP, rstd)?, cpu_of(OP, g)?, n, rms)?;
+                let o =
+                    cpu::norm_backward(x, w, has_bias, cpu_of(OP, mean)?, cpu_of(OP, rstd)?, cpu_of(OP, g)?, n, rms)?;
                 Ok((Storage::Cpu(o.x), o.weight.map(Storage::Cpu), o.bias.map(Storage::Cpu)))
             }
             Storage::Cuda(x) => {
@@ -265,13 +266,9 @@ impl Storage {
     ) -> Result<Storage> {
         const OP: &str = "cross_entropy_backward";
         match self {
-            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_backward(
-                x,
-                i64s(OP, targets)?,
-                cpu_of(OP, grad_rows)?,
-                c,
-                ignore,
-            )?)),
+            Storage::Cpu(x) => {
+                Ok(Storage::Cpu(cpu::cross_entropy_backward(x, i64s(OP, targets)?, cpu_of(OP, grad_rows)?, c, ignore)?))
+            }
             Storage::Cuda(x) => {
                 let d = x.device();
                 Ok(Storage::Cuda(cu::cross_entropy_backward(x, cu(OP, targets, d)?, cu(OP, grad_rows, d)?, c, ignore)?))

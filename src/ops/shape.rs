@@ -40,7 +40,7 @@ fn infer_shape(op: &'static str, dims: &[isize], numel: usize, from: &[usize]) -
     let known: usize = dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
     let mut out: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = infer.first() {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(Error::shape(op, format!("cannot reshape {from:?} ({numel} elements) to {dims:?}")));
         }
         out[i] = numel / known;

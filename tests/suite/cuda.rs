@@ -43,7 +43,11 @@ fn tol(d: DType) -> f64 {
 
 /// Random normal CPU tensor (seeded per call site) of `dtype`.
 fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::randn_with(&mut Generator::new(seed), shape, DType::F64, Device::Cpu).unwrap().to_dtype(dtype).unwrap().detach()
+    Tensor::randn_with(&mut Generator::new(seed), shape, DType::F64, Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+        .detach()
 }
 
 /// A detached copy of `t` on `d` (in a dry run, an independent CPU copy).
@@ -86,7 +90,8 @@ fn cubins(fatbin: &[u8]) -> Vec<(u32, &[u8])> {
             let flags = rd32(b, 0x30);
             // CUDA ELF ABI: the SM is in bits 8..16 of e_flags (low byte in the older ABI 0x33).
             let sm = if b[7] == 0x33 { flags & 0xff } else { (flags >> 8) & 0xff };
-            let end = (rd64(b, 0x28) + rd16(b, 0x3C) * rd16(b, 0x3A)).max(rd64(b, 0x20) + rd16(b, 0x38) * rd16(b, 0x36));
+            let end =
+                (rd64(b, 0x28) + rd16(b, 0x3C) * rd16(b, 0x3A)).max(rd64(b, 0x20) + rd16(b, 0x38) * rd16(b, 0x36));
             out.push((sm, &b[..end.min(b.len())]));
             i = s + end.max(4);
         } else {
@@ -110,10 +115,8 @@ fn fatbin_has_every_kernel_for_sm80_and_sm90() {
     let images = cubins(cuda::FATBIN);
     for sm in [80, 90] {
         let img = images.iter().find(|(s, _)| *s == sm).unwrap_or_else(|| panic!("no sm_{sm} cubin in the fatbin"));
-        let missing: Vec<String> = cuda::kernel_names()
-            .into_iter()
-            .filter(|n| !contains(img.1, format!("{n}\0").as_bytes()))
-            .collect();
+        let missing: Vec<String> =
+            cuda::kernel_names().into_iter().filter(|n| !contains(img.1, format!("{n}\0").as_bytes())).collect();
         assert!(missing.is_empty(), "sm_{sm} lacks {missing:?}");
     }
     // The PTX for newer GPUs is there too (compressed, so only its presence is checked).
@@ -205,7 +208,9 @@ fn unary_backward_matches_cpu() {
     for dt in [DType::F32, DType::F64] {
         let x = randn(2, &[40, 50], dt).set_requires_grad(true);
         let xg = on(&x, d).set_requires_grad(true);
-        let f = |t: &Tensor| t.gelu()?.add(&t.silu()?)?.add(&t.tanh()?)?.add(&t.clamp(-0.5, 0.5)?)?.mul(&t.sigmoid()?)?.sum_all();
+        let f = |t: &Tensor| {
+            t.gelu()?.add(&t.silu()?)?.add(&t.tanh()?)?.add(&t.clamp(-0.5, 0.5)?)?.mul(&t.sigmoid()?)?.sum_all()
+        };
         f(&x).unwrap().backward().unwrap();
         f(&xg).unwrap().backward().unwrap();
         close(&format!("unary grads {dt}"), &grad(&xg), &grad(&x), tol(dt));
@@ -232,7 +237,12 @@ fn binary_ops_broadcast_like_cpu() {
             close(&format!("{name} {dt}"), &f(&ag, &bg).unwrap(), &f(&a, &b).unwrap(), tol(dt));
             // Same shape, contiguous fast path (1000 elements: a vector body and a tail).
             let (p, q) = (randn(5, &[1000], dt), randn(6, &[1000], dt));
-            close(&format!("{name} {dt} contiguous"), &f(&on(&p, d), &on(&q, d)).unwrap(), &f(&p, &q).unwrap(), tol(dt));
+            close(
+                &format!("{name} {dt} contiguous"),
+                &f(&on(&p, d), &on(&q, d)).unwrap(),
+                &f(&p, &q).unwrap(),
+                tol(dt),
+            );
         }
     }
     let i = Tensor::from_vec((0..24i64).collect(), &[4, 6], Device::Cpu).unwrap();
@@ -261,7 +271,8 @@ fn compare_where_and_masked_fill_match_cpu() {
         let a = randn(9, &[8, 16], DType::F64).mul_scalar(3.0).unwrap().to_dtype(dt).unwrap();
         let b = randn(10, &[16], DType::F64).mul_scalar(3.0).unwrap().to_dtype(dt).unwrap();
         let (ag, bg) = (on(&a, d), on(&b, d));
-        for (c, cg) in [(a.lt(&b), ag.lt(&bg)), (a.ge(&b), ag.ge(&bg)), (a.eq(&a), ag.eq(&ag)), (a.ne(&b), ag.ne(&bg))] {
+        for (c, cg) in [(a.lt(&b), ag.lt(&bg)), (a.ge(&b), ag.ge(&bg)), (a.eq(&a), ag.eq(&ag)), (a.ne(&b), ag.ne(&bg))]
+        {
             let (c, cg) = (c.unwrap(), cg.unwrap());
             assert_eq!(cg.to_vec::<u8>().unwrap(), c.to_vec::<u8>().unwrap(), "compare {dt}");
         }
@@ -285,7 +296,10 @@ fn casts_and_strided_copies_match_cpu() {
         let x = src.to_dtype(s).unwrap();
         let xg = on(&x, d);
         for t in all {
-            let (c, cg) = (x.permute(&[2usize, 0, 1][..]).unwrap().to_dtype(t).unwrap(), xg.permute(&[2usize, 0, 1][..]).unwrap().to_dtype(t).unwrap());
+            let (c, cg) = (
+                x.permute(&[2usize, 0, 1][..]).unwrap().to_dtype(t).unwrap(),
+                xg.permute(&[2usize, 0, 1][..]).unwrap().to_dtype(t).unwrap(),
+            );
             assert_eq!(cg.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), "cast {s} -> {t}");
         }
         // contiguous() of a narrowed, permuted view; and cat (copy_into at offsets).
@@ -305,7 +319,12 @@ fn reductions_match_cpu() {
         let x = randn(13, &[9, 130, 17], dt);
         let xg = on(&x, d);
         for dims in [vec![2isize], vec![1], vec![0], vec![0, 2], vec![1, 2], vec![0, 1, 2]] {
-            close(&format!("sum {dims:?} {dt}"), &xg.sum(&dims, false).unwrap(), &x.sum(&dims, false).unwrap(), tol(dt));
+            close(
+                &format!("sum {dims:?} {dt}"),
+                &xg.sum(&dims, false).unwrap(),
+                &x.sum(&dims, false).unwrap(),
+                tol(dt),
+            );
             close(&format!("max {dims:?} {dt}"), &xg.max(&dims, true).unwrap(), &x.max(&dims, true).unwrap(), 0.0);
             close(&format!("min {dims:?} {dt}"), &xg.min(&dims, false).unwrap(), &x.min(&dims, false).unwrap(), 0.0);
         }
@@ -364,7 +383,11 @@ fn layer_norm_and_rms_norm_match_cpu_with_grads() {
             let w = randn(22, &[n], dt).set_requires_grad(true);
             let b = randn(23, &[n], dt).set_requires_grad(true);
             let g = randn(24, &[33, n], dt);
-            let (xg, wg, bg) = (on(&x, d).set_requires_grad(true), on(&w, d).set_requires_grad(true), on(&b, d).set_requires_grad(true));
+            let (xg, wg, bg) = (
+                on(&x, d).set_requires_grad(true),
+                on(&w, d).set_requires_grad(true),
+                on(&b, d).set_requires_grad(true),
+            );
             let gg = on(&g, d);
             let y = x.layer_norm(&[n], Some(&w), Some(&b), 1e-5).unwrap();
             let yg = xg.layer_norm(&[n], Some(&wg), Some(&bg), 1e-5).unwrap();
@@ -414,14 +437,27 @@ fn matmul_matches_cpu_for_layouts_and_dtypes() {
         close(&format!("bmm {dt}"), &ag.matmul(&bg).unwrap(), &a.matmul(&b).unwrap(), t);
         let (at, bt) = (randn(28, &[64, 37], dt), randn(29, &[29, 64], dt));
         let (atg, btg) = (on(&at, d), on(&bt, d));
-        close(&format!("AᵀBᵀ {dt}"), &atg.t().unwrap().matmul(&btg.t().unwrap()).unwrap(), &at.t().unwrap().matmul(&bt.t().unwrap()).unwrap(), t);
+        close(
+            &format!("AᵀBᵀ {dt}"),
+            &atg.t().unwrap().matmul(&btg.t().unwrap()).unwrap(),
+            &at.t().unwrap().matmul(&bt.t().unwrap()).unwrap(),
+            t,
+        );
         let w = randn(30, &[64, 29], dt);
         close(&format!("broadcast rhs {dt}"), &ag.matmul(&on(&w, d)).unwrap(), &a.matmul(&w).unwrap(), t);
         let v = randn(31, &[64], dt);
         close(&format!("matvec {dt}"), &ag.matmul(&on(&v, d)).unwrap(), &a.matmul(&v).unwrap(), t);
         // Non-unit strides in both matrix dims force a copy.
         let s = randn(32, &[74, 64], dt);
-        let sv = s.narrow(0, 0, 74).unwrap().reshape(&[37usize, 2, 64][..]).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let sv = s
+            .narrow(0, 0, 74)
+            .unwrap()
+            .reshape(&[37usize, 2, 64][..])
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
         let svg = on(&s, d).reshape(&[37usize, 2, 64][..]).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
         close(&format!("strided lhs {dt}"), &svg.matmul(&on(&w, d)).unwrap(), &sv.matmul(&w).unwrap(), t);
     }
@@ -471,7 +507,12 @@ fn indexing_matches_cpu_with_grads() {
             tol(dt),
         );
         let sel = Tensor::from_vec(vec![5i64, 0, 5], &[3], Device::Cpu).unwrap();
-        close(&format!("index_select dim 0 {dt}"), &xg.index_select(0, &on(&sel, d)).unwrap(), &x.index_select(0, &sel).unwrap(), 0.0);
+        close(
+            &format!("index_select dim 0 {dt}"),
+            &xg.index_select(0, &on(&sel, d)).unwrap(),
+            &x.index_select(0, &sel).unwrap(),
+            0.0,
+        );
         let s2 = randn(41, &[6, 3], dt);
         close(
             &format!("index_add dim 1 {dt}"),
@@ -529,7 +570,8 @@ fn fused_optimizers_match_cpu() {
     for dt in [DType::F32, DType::F64] {
         for decoupled in [false, true] {
             let p = randn(44, &[1000], dt);
-            let (m, v) = (Tensor::zeros(&[1000], dt, Device::Cpu).unwrap(), Tensor::zeros(&[1000], dt, Device::Cpu).unwrap());
+            let (m, v) =
+                (Tensor::zeros(&[1000], dt, Device::Cpu).unwrap(), Tensor::zeros(&[1000], dt, Device::Cpu).unwrap());
             let (pg, mg, vg) = (on(&p, d), on(&m, d), on(&v, d));
             for step in 1..=5 {
                 let g = randn(45 + step, &[1000], dt);
@@ -543,7 +585,14 @@ fn fused_optimizers_match_cpu() {
         let b = Tensor::zeros(&[777], dt, Device::Cpu).unwrap();
         let (pg, bg) = (on(&p, d), on(&b, d));
         for step in 0..4 {
-            let h = SgdParams { lr: 0.1, momentum: 0.9, dampening: 0.1, weight_decay: 1e-4, nesterov: step % 2 == 1, first_step: step == 0 };
+            let h = SgdParams {
+                lr: 0.1,
+                momentum: 0.9,
+                dampening: 0.1,
+                weight_decay: 1e-4,
+                nesterov: step % 2 == 1,
+                first_step: step == 0,
+            };
             let g = randn(51 + step, &[777], dt);
             p.sgd_update_(&g, Some(&b), h).unwrap();
             pg.sgd_update_(&on(&g, d), Some(&bg), h).unwrap();
@@ -558,7 +607,14 @@ fn fused_optimizers_match_cpu() {
 fn mlp_losses(device: Device, steps: usize, mut after_step: impl FnMut(usize)) -> Vec<f64> {
     let mut g = Generator::new(7);
     let init = |g: &mut Generator, shape: &[usize], fan_in: usize| {
-        Tensor::randn_with(g, shape, DType::F32, Device::Cpu).unwrap().mul_scalar((1.0 / fan_in as f64).sqrt()).unwrap().to_device(device).unwrap().detach().set_requires_grad(true)
+        Tensor::randn_with(g, shape, DType::F32, Device::Cpu)
+            .unwrap()
+            .mul_scalar((1.0 / fan_in as f64).sqrt())
+            .unwrap()
+            .to_device(device)
+            .unwrap()
+            .detach()
+            .set_requires_grad(true)
     };
     let params = vec![
         init(&mut g, &[784, 512], 784),
@@ -631,10 +687,18 @@ fn mlp_losses_dropping(device: Device, steps: usize, cb: &mut dyn FnMut(usize)) 
     let dims = [(784usize, 512usize), (512, 512), (512, 10)];
     let mut params = vec![];
     for (i, o) in dims {
-        params.push(Tensor::randn_with(&mut g, &[i, o], DType::F32, device).unwrap().mul_scalar((1.0 / i as f64).sqrt()).unwrap().detach().set_requires_grad(true));
+        params.push(
+            Tensor::randn_with(&mut g, &[i, o], DType::F32, device)
+                .unwrap()
+                .mul_scalar((1.0 / i as f64).sqrt())
+                .unwrap()
+                .detach()
+                .set_requires_grad(true),
+        );
         params.push(Tensor::zeros(&[o], DType::F32, device).unwrap().set_requires_grad(true));
     }
-    let state: Vec<(Tensor, Tensor)> = params.iter().map(|p| (p.zeros_like().unwrap(), p.zeros_like().unwrap())).collect();
+    let state: Vec<(Tensor, Tensor)> =
+        params.iter().map(|p| (p.zeros_like().unwrap(), p.zeros_like().unwrap())).collect();
     let x = Tensor::rand_with(&mut g, &[128, 784], DType::F32, device).unwrap();
     let y = Tensor::from_vec((0..128).map(|i| (i * 31 % 10) as i64).collect(), &[128], device).unwrap();
     let mut last = 0.0;

@@ -57,6 +57,7 @@ pub struct NormGrads {
     pub bias: Option<CpuStorage>,
 }
 
+#[allow(clippy::type_complexity)]
 fn norm_fwd<T: Real>(
     x: &[T],
     w: Option<&[T]>,
@@ -65,7 +66,7 @@ fn norm_fwd<T: Real>(
     eps: f64,
     rms: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let mut y = vec![T::ZERO; x.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
@@ -82,7 +83,7 @@ fn norm_fwd<T: Real>(
                 h = h * w[j];
             }
             if let Some(b) = b {
-                h = h + b[j];
+                h += b[j];
             }
             *o = h;
         }
@@ -259,6 +260,7 @@ pub fn cross_entropy_forward(logits: &CpuStorage, targets: &[i64], c: usize, ign
     Ok(super::float_map!("cross_entropy", logits, |v| ce_fwd(v, targets, c, ignore)))
 }
 
+#[allow(clippy::type_complexity)]
 fn ce_bwd<T: Real>(x: &[T], t: &[i64], gr: &[T], c: usize, ignore: i64) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
     let f = |((o, row), (&tv, &g)): ((&mut [T], &[T]), (&i64, &T))| {

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
+#[allow(clippy::type_complexity)]
 fn adam<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamParams) {
     let t = h.step as i32;
     let bc1 = 1.0 - h.beta1.powi(t);
@@ -22,7 +23,7 @@ fn adam<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamParams) 
             if h.decoupled {
                 p[i] = p[i] * decay;
             } else if h.weight_decay != 0.0 {
-                gi = gi + wd * p[i];
+                gi += wd * p[i];
             }
             m[i] = b1 * m[i] + (T::ONE - b1) * gi;
             v[i] = b2 * v[i] + (T::ONE - b2) * gi * gi;

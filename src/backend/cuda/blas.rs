@@ -116,19 +116,23 @@ pub(crate) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
     // One batch stride per operand, or a contiguous copy.
     let (bshape, bstr) = coalesce(batch_shape, &[&la.strides()[..r - 2], &lb.strides()[..r - 2]]);
     let batch_ok = bshape.len() == 1;
-    let operand = |x: &CudaStorage, l: &Layout, rows: usize, cols: usize, bs: usize| -> Result<(Option<CudaStorage>, Mat)> {
-        let s = l.strides();
-        if batch_ok {
-            if let Some((lr, lc, ld, trans)) = as_lt(rows, cols, s[r - 2], s[r - 1]) {
-                let bstride = if batch == 1 { 0 } else { bs as i64 };
-                return Ok((None, Mat { rows: lr, cols: lc, ld, trans, batch_stride: bstride, ptr: x.ptr_at(l.offset()) }));
+    let operand =
+        |x: &CudaStorage, l: &Layout, rows: usize, cols: usize, bs: usize| -> Result<(Option<CudaStorage>, Mat)> {
+            let s = l.strides();
+            if batch_ok {
+                if let Some((lr, lc, ld, trans)) = as_lt(rows, cols, s[r - 2], s[r - 1]) {
+                    let bstride = if batch == 1 { 0 } else { bs as i64 };
+                    return Ok((
+                        None,
+                        Mat { rows: lr, cols: lc, ld, trans, batch_stride: bstride, ptr: x.ptr_at(l.offset()) },
+                    ));
+                }
             }
-        }
-        let c = cast(x, l, dt)?;
-        let (lr, lc, ld, trans) = as_lt(rows, cols, cols, 1).expect("contiguous operands always fit");
-        let ptr = c.ptr();
-        Ok((Some(c), Mat { rows: lr, cols: lc, ld, trans, batch_stride: (rows * cols) as i64, ptr }))
-    };
+            let c = cast(x, l, dt)?;
+            let (lr, lc, ld, trans) = as_lt(rows, cols, cols, 1).expect("contiguous operands always fit");
+            let ptr = c.ptr();
+            Ok((Some(c), Mat { rows: lr, cols: lc, ld, trans, batch_stride: (rows * cols) as i64, ptr }))
+        };
     let (_ka, ma) = operand(a, la, m, k, if batch_ok { bstr[0][0] } else { 0 })?;
     let (_kb, mb) = operand(b, lb, k, n, if batch_ok { bstr[1][0] } else { 0 })?;
 
@@ -136,7 +140,11 @@ pub(crate) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
     if guard.is_none() {
         // SAFETY: only probes for libcublasLt.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::DeviceUnavailable { op: "matmul", device: dev.device(), detail: "libcublasLt was not found".into() });
+            return Err(Error::DeviceUnavailable {
+                op: "matmul",
+                device: dev.device(),
+                detail: "libcublasLt was not found".into(),
+            });
         }
         dev.bind()?;
         let handle = lt::create_handle().map_err(|e| lt_err(&dev, e))?;
@@ -151,7 +159,18 @@ pub(crate) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
 
 /// D (cm × cn column-major, ld cm) = op(A) (cm × k) · op(B) (k × cn), batched.
 #[allow(clippy::too_many_arguments)]
-fn run(dev: &Arc<CudaDevice>, ltc: &mut Lt, dt: DType, a: Mat, b: Mat, d: u64, cm: usize, cn: usize, k: usize, batch: usize) -> Result<()> {
+fn run(
+    dev: &Arc<CudaDevice>,
+    ltc: &mut Lt,
+    dt: DType,
+    a: Mat,
+    b: Mat,
+    d: u64,
+    cm: usize,
+    cn: usize,
+    k: usize,
+    batch: usize,
+) -> Result<()> {
     let (data, compute, scale) = dtypes(dt);
     let e = |x| lt_err(dev, x);
     // SAFETY: descriptors are created, used and destroyed here; pointers address buffers that hold the
@@ -161,9 +180,7 @@ fn run(dev: &Arc<CudaDevice>, ltc: &mut Lt, dt: DType, a: Mat, b: Mat, d: u64, c
         // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (a 32-bit enum).
         let op = |t: bool| t as i32;
         let (ta, tb) = (op(a.trans), op(b.trans));
-        let set = |attr, v: &i32| {
-            lt::set_matmul_desc_attribute(desc, attr, v as *const _ as *const c_void, 4)
-        };
+        let set = |attr, v: &i32| lt::set_matmul_desc_attribute(desc, attr, v as *const _ as *const c_void, 4);
         set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta).map_err(e)?;
         set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb).map_err(e)?;
         let layout = |rows: u64, cols: u64, ld: i64, stride: i64| -> Result<sys::cublasLtMatrixLayout_t> {
@@ -194,8 +211,20 @@ fn run(dev: &Arc<CudaDevice>, ltc: &mut Lt, dt: DType, a: Mat, b: Mat, d: u64, c
         let key: Key = (
             dt as u8,
             tf,
-            [cm as i64, cn as i64, k as i64, a.ld, b.ld, a.trans as i64, b.trans as i64, batch as i64, a.batch_stride, b.batch_stride,
-             (a.ptr % 16) as i64, (b.ptr % 16) as i64],
+            [
+                cm as i64,
+                cn as i64,
+                k as i64,
+                a.ld,
+                b.ld,
+                a.trans as i64,
+                b.trans as i64,
+                batch as i64,
+                a.batch_stride,
+                b.batch_stride,
+                (a.ptr % 16) as i64,
+                (b.ptr % 16) as i64,
+            ],
         );
         let algo = match ltc.algos.get(&key) {
             Some(a) => *a,

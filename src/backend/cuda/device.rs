@@ -76,14 +76,8 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(|e| unavailable(device, format!("{e:?}")))?;
         ctx.bind_to_thread().map_err(|e| unavailable(device, format!("{e:?}")))?;
         let module = Module::load(device)?;
-        let d = Arc::new(CudaDevice {
-            ordinal,
-            ctx,
-            stream,
-            module,
-            alloc: Allocator::default(),
-            blas: Mutex::new(None),
-        });
+        let d =
+            Arc::new(CudaDevice { ordinal, ctx, stream, module, alloc: Allocator::default(), blas: Mutex::new(None) });
         if t.len() <= ordinal {
             t.resize(ordinal + 1, None);
         }
@@ -130,8 +124,7 @@ impl CudaDevice {
             return Ok(());
         }
         // SAFETY: the caller passes arguments matching the kernel's signature (see the launch! macro uses).
-        unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }
-            .map_err(|e| self.err(name, e))
+        unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }.map_err(|e| self.err(name, e))
     }
 }
 

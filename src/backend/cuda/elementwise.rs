@@ -1,7 +1,7 @@
 //! Launchers for kernels/elementwise.cu: unary, binary, compare, where, cast / strided copy, copy_into, fill.
 
 use super::device::{grid_for, launch};
-use super::storage::{kname, need_float, same_device, same_dtype, views, CudaStorage, intern, dtype_name};
+use super::storage::{dtype_name, intern, kname, need_float, same_device, same_dtype, views, CudaStorage};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::shape::Layout;
 use crate::{DType, Error, Result};
@@ -137,7 +137,12 @@ pub(crate) fn copy_into(d: &mut CudaStorage, dl: &Layout, s: &CudaStorage, sl: &
         let bytes = n * d.dtype().size_in_bytes();
         // SAFETY: both ranges lie inside their buffers; stream-ordered after earlier work.
         unsafe {
-            cudarc::driver::result::memcpy_dtod_async(d.ptr_at(dl.offset()), s.ptr_at(sl.offset()), bytes, dev.cu_stream())
+            cudarc::driver::result::memcpy_dtod_async(
+                d.ptr_at(dl.offset()),
+                s.ptr_at(sl.offset()),
+                bytes,
+                dev.cu_stream(),
+            )
         }
         .map_err(|e| dev.err("copy_into", e))?;
         return Ok(());

@@ -74,7 +74,7 @@ pub(crate) fn scatter_add(
     same_device("scatter_add", x, src)?;
     same_dtype("scatter_add", x, src)?;
     let (xs, is) = (Strided::contiguous(shape)?, Strided::contiguous(idx_shape)?);
-    let lines = if idx_shape[dim] == 0 { 0 } else { idx.len() / idx_shape[dim] };
+    let lines = idx.len().checked_div(idx_shape[dim]).unwrap_or(0);
     let out = x.clone();
     launch!(x.dev(), kname("scatter_add", x.dtype()), grid_for(lines, THREADS), (THREADS, 1, 1);
         out.ptr(), xs, idx.ptr(), is, dim as i32, src.ptr(), lines as i64)?;

@@ -64,11 +64,14 @@ impl Module {
             return Err(Error::DeviceUnavailable { op: "cuda", device, detail: NO_NVCC.into() });
         }
         // The driver wants the image at a stable, aligned address: copy it into an 8-aligned buffer.
-        let words: Vec<u64> = FATBIN.chunks(8).map(|c| {
-            let mut b = [0u8; 8];
-            b[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(b)
-        }).collect();
+        let words: Vec<u64> = FATBIN
+            .chunks(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect();
         // SAFETY: `words` holds a complete fatbin image and outlives the call (the driver copies it).
         let module = unsafe { result::module::load_data(words.as_ptr() as *const _) }.map_err(|e| {
             Error::DeviceUnavailable { op: "cuda", device, detail: format!("loading munja's kernels: {e:?}") }

@@ -40,7 +40,7 @@ pub(crate) fn norm_forward(
     }
     let (wp, bp) = (check_param(OP, x, w)?, check_param(OP, x, b)?);
     let dev = x.dev();
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let y = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     let mean = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
     let rstd = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
@@ -76,7 +76,7 @@ pub(crate) fn norm_backward(
         }
     }
     let dev = x.dev();
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     if rows > 0 {
         launch!(dev, kname("norm_backward_x", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);

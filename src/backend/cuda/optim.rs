@@ -26,7 +26,13 @@ fn check(op: &'static str, p: &CudaStorage, others: &[&CudaStorage]) -> Result<(
     Ok(())
 }
 
-pub(crate) fn adam_update(p: &mut CudaStorage, g: &CudaStorage, m: &mut CudaStorage, v: &mut CudaStorage, h: AdamParams) -> Result<()> {
+pub(crate) fn adam_update(
+    p: &mut CudaStorage,
+    g: &CudaStorage,
+    m: &mut CudaStorage,
+    v: &mut CudaStorage,
+    h: AdamParams,
+) -> Result<()> {
     check("adam", p, &[g, m, v])?;
     let t = h.step as i32;
     let bc1 = 1.0 - h.beta1.powi(t);
@@ -38,7 +44,12 @@ pub(crate) fn adam_update(p: &mut CudaStorage, g: &CudaStorage, m: &mut CudaStor
         decay, h.decoupled as i32)
 }
 
-pub(crate) fn sgd_update(p: &mut CudaStorage, g: &CudaStorage, buf: Option<&mut CudaStorage>, h: SgdParams) -> Result<()> {
+pub(crate) fn sgd_update(
+    p: &mut CudaStorage,
+    g: &CudaStorage,
+    buf: Option<&mut CudaStorage>,
+    h: SgdParams,
+) -> Result<()> {
     match &buf {
         Some(b) => check("sgd", p, &[g, b])?,
         None => check("sgd", p, &[g])?,

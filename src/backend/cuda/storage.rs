@@ -147,7 +147,8 @@ pub(crate) struct Strided {
 
 impl Strided {
     fn new(shape: &[usize], strides: &[usize], offset: usize) -> Strided {
-        let mut s = Strided { rank: shape.len() as i32, shape: [1; MAX_DIMS], strides: [0; MAX_DIMS], offset: offset as i64 };
+        let mut s =
+            Strided { rank: shape.len() as i32, shape: [1; MAX_DIMS], strides: [0; MAX_DIMS], offset: offset as i64 };
         for (d, (&n, &st)) in shape.iter().zip(strides).enumerate() {
             s.shape[d] = n as i64;
             s.strides[d] = st as i64;
