@@ -91,6 +91,72 @@ template <typename A> __device__ A block_sum(A v, A* shared) {
     return v;
 }
 
+// 16 bytes of T: the unit of the 128-bit loads and stores of the contiguous fast paths.
+template <typename T> struct alignas(16) Pack {
+    static const int N = 16 / sizeof(T);
+    T v[N];
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+// Max over a block; every thread gets the result (same contract as block_sum).
+template <typename A> __device__ A block_max(A v, A* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? shared[lane] : (A)-INFINITY;
+    v = warp_max(v);
+    __syncthreads();
+    return v;
+}
+
+// Row kernels that keep their row in registers: each thread holds ROW_VALS values of one contiguous,
+// 16-byte-aligned row (as ROW_VALS / Pack<T>::N packs), so the row is read from memory once. The host
+// uses them when n is a multiple of the pack width and n <= ROW_VALS * 1024.
+#define ROW_VALS 32
+template <typename T> struct RowPacks { static const int P = ROW_VALS / Pack<T>::N; };
+
+// Loads this thread's packs of row `x` (n / Pack::N packs in total) widened to A; missing ones are `fill`.
+template <typename T, typename A>
+__device__ __forceinline__ void load_row(const T* x, int64_t n, A (&r)[ROW_VALS], A fill) {
+    typedef Pack<T> P;
+    int64_t np = n / P::N;
+#pragma unroll
+    for (int k = 0; k < RowPacks<T>::P; ++k) {
+        int64_t p = threadIdx.x + (int64_t)k * blockDim.x;
+        if (p < np) {
+            P pk = reinterpret_cast<const P*>(x)[p];
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) r[k * P::N + e] = to_acc<A>(pk.v[e]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) r[k * P::N + e] = fill;
+        }
+    }
+}
+
+// Element index (within the row) of register slot k*N+e of this thread.
+template <typename T> __device__ __forceinline__ int64_t row_index(int k, int e) {
+    return ((int64_t)threadIdx.x + (int64_t)k * blockDim.x) * Pack<T>::N + e;
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS]) {
+    typedef Pack<T> P;
+    int64_t np = n / P::N;
+#pragma unroll
+    for (int k = 0; k < RowPacks<T>::P; ++k) {
+        int64_t p = threadIdx.x + (int64_t)k * blockDim.x;
+        if (p < np) {
+            P pk;
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) pk.v[e] = from_acc<T>(r[k * P::N + e]);
+            reinterpret_cast<P*>(y)[p] = pk;
+        }
+    }
+}
+
 // Instantiates `NAME##_SUFFIX` entry points from a macro body for each float type.
 #define FOR_FLOATS(M) M(f32, float) M(f64, double) M(bf16, bf16) M(f16, f16)
 #define FOR_ALL(M) FOR_FLOATS(M) M(i64, int64_t) M(u8, uint8_t)

@@ -54,13 +54,8 @@ template <typename A> __device__ __forceinline__ A unary_fn(int op, A x, A p, A 
     return x;
 }
 
-// 16 bytes of T, for the contiguous fast paths.
-template <typename T> struct alignas(16) Pack {
-    static const int N = 16 / sizeof(T);
-    T v[N];
-};
-
-__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+// Packs per thread per step of the vector paths: several 128-bit loads in flight per thread hide latency.
+#define UNROLL 4
 
 // y[i] = f(x[i]). Fast path: x contiguous (`contig`), pointers 16-byte aligned: one Pack per thread step.
 template <typename T>
@@ -72,11 +67,20 @@ __device__ void unary_kernel(const T* x, Strided sx, T* y, int64_t n, int op, do
         if (aligned16(x) && aligned16(y)) {
             typedef Pack<T> P;
             int64_t nv = n / P::N;
-            GRID_LOOP(i, nv) {
-                P a = reinterpret_cast<const P*>(x)[i], r;
+            int64_t stride = (int64_t)gridDim.x * blockDim.x;
+            for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < nv; i0 += stride * UNROLL) {
+                P a[UNROLL];
 #pragma unroll
-                for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(unary_fn<A>(op, to_acc<A>(a.v[k]), p, q));
-                reinterpret_cast<P*>(y)[i] = r;
+                for (int u = 0; u < UNROLL; ++u)
+                    if (i0 + u * stride < nv) a[u] = reinterpret_cast<const P*>(x)[i0 + u * stride];
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    if (i0 + u * stride >= nv) break;
+                    P r;
+#pragma unroll
+                    for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(unary_fn<A>(op, to_acc<A>(a[u].v[k]), p, q));
+                    reinterpret_cast<P*>(y)[i0 + u * stride] = r;
+                }
             }
             GRID_LOOP(i, n - nv * P::N) {
                 int64_t j = nv * P::N + i;
@@ -127,11 +131,23 @@ __device__ void binary_kernel(const T* a, Strided sa, const T* b, Strided sb, T*
         if (aligned16(a) && aligned16(b) && aligned16(y)) {
             typedef Pack<T> P;
             int64_t nv = n / P::N;
-            GRID_LOOP(i, nv) {
-                P u = reinterpret_cast<const P*>(a)[i], v = reinterpret_cast<const P*>(b)[i], r;
+            int64_t stride = (int64_t)gridDim.x * blockDim.x;
+            for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < nv; i0 += stride * UNROLL) {
+                P u[UNROLL], v[UNROLL];
 #pragma unroll
-                for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(binary_fn<A>(op, to_acc<A>(u.v[k]), to_acc<A>(v.v[k])));
-                reinterpret_cast<P*>(y)[i] = r;
+                for (int j = 0; j < UNROLL; ++j)
+                    if (i0 + j * stride < nv) {
+                        u[j] = reinterpret_cast<const P*>(a)[i0 + j * stride];
+                        v[j] = reinterpret_cast<const P*>(b)[i0 + j * stride];
+                    }
+#pragma unroll
+                for (int j = 0; j < UNROLL; ++j) {
+                    if (i0 + j * stride >= nv) break;
+                    P r;
+#pragma unroll
+                    for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(binary_fn<A>(op, to_acc<A>(u[j].v[k]), to_acc<A>(v[j].v[k])));
+                    reinterpret_cast<P*>(y)[i0 + j * stride] = r;
+                }
             }
             GRID_LOOP(i, n - nv * P::N) {
                 int64_t j = nv * P::N + i;

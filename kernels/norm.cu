@@ -39,6 +39,86 @@ __device__ void norm_fwd(const T* x, const W* w, const W* b, T* y, typename Acc<
     }
 }
 
+// Register-cached forward for rows that fit (see load_row): the row is read once.
+template <typename T>
+__device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename Acc<T>::type* mean,
+                              typename Acc<T>::type* rstd, int64_t n, double eps, int rms) {
+    typedef typename Acc<T>::type A;
+    __shared__ double sh[32];
+    int64_t row = blockIdx.x;
+    x += row * n;
+    y += row * n;
+    A r[ROW_VALS];
+    load_row<T, A>(x, n, r, (A)0);
+    double mu = 0;
+    if (!rms) {
+        A s = 0;
+#pragma unroll
+        for (int i = 0; i < ROW_VALS; ++i) s += r[i];
+        mu = block_sum((double)s, sh) / (double)n;
+    }
+    A m = (A)mu, v = 0;
+#pragma unroll
+    for (int k = 0; k < RowPacks<T>::P; ++k)
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; ++e) {
+            A d = r[k * Pack<T>::N + e] - m;
+            if (row_index<T>(k, e) < n) v += d * d;
+        }
+    double var = block_sum((double)v, sh) / (double)n;
+    double rs = 1.0 / sqrt(var + eps);
+    if (threadIdx.x == 0) {
+        mean[row] = (A)mu;
+        rstd[row] = (A)rs;
+    }
+    A q = (A)rs;
+#pragma unroll
+    for (int k = 0; k < RowPacks<T>::P; ++k)
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; ++e) {
+            int64_t j = row_index<T>(k, e);
+            if (j >= n) continue;
+            A h = (r[k * Pack<T>::N + e] - m) * q;
+            if (w) h = h * to_acc<A>(w[j]);
+            if (b) h = h + to_acc<A>(b[j]);
+            r[k * Pack<T>::N + e] = h;
+        }
+    store_row<T, A>(y, n, r);
+}
+
+// Register-cached input gradient: x and g are read once each.
+template <typename T>
+__device__ void norm_bwd_x_rows(const T* x, const T* w, const typename Acc<T>::type* mean,
+                                const typename Acc<T>::type* rstd, const T* g, T* dx, int64_t n, int rms) {
+    typedef typename Acc<T>::type A;
+    __shared__ double sh[32];
+    int64_t row = blockIdx.x;
+    x += row * n;
+    g += row * n;
+    dx += row * n;
+    A mu = mean[row], rs = rstd[row];
+    A h[ROW_VALS], d[ROW_VALS];
+    load_row<T, A>(x, n, h, (A)0);
+    load_row<T, A>(g, n, d, (A)0);
+    A sd = 0, sdh = 0;
+#pragma unroll
+    for (int k = 0; k < RowPacks<T>::P; ++k)
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; ++e) {
+            int i = k * Pack<T>::N + e;
+            int64_t j = row_index<T>(k, e);
+            h[i] = (h[i] - mu) * rs;
+            if (w && j < n) d[i] = d[i] * to_acc<A>(w[j]);
+            sd += d[i];
+            sdh += d[i] * h[i];
+        }
+    double tsd = block_sum((double)sd, sh), tsdh = block_sum((double)sdh, sh);
+    A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
+#pragma unroll
+    for (int i = 0; i < ROW_VALS; ++i) d[i] = rs * (d[i] - mean_d - h[i] * mean_dh);
+    store_row<T, A>(dx, n, d);
+}
+
 // dx = rstd·(d − mean(d) − h·mean(d·h)) with d = g·w and h the normalised input (mean(d) = 0 for RMS).
 template <typename T>
 __device__ void norm_bwd_x(const T* x, const T* w, const typename Acc<T>::type* mean, const typename Acc<T>::type* rstd,
@@ -108,6 +188,12 @@ __device__ void norm_bwd_wb_finish(const double* pw, const double* pb, int slice
 }
 
 #define NORM(S, T) \
+    extern "C" __global__ void norm_forward_rows_##S(const T* x, const T* w, const T* b, T* y, Acc<T>::type* mean, \
+                                                     Acc<T>::type* rstd, int64_t n, double eps, int rms) { \
+        norm_fwd_rows<T>(x, w, b, y, mean, rstd, n, eps, rms); } \
+    extern "C" __global__ void norm_backward_x_rows_##S(const T* x, const T* w, const Acc<T>::type* mean, \
+                                                        const Acc<T>::type* rstd, const T* g, T* dx, int64_t n, int rms) { \
+        norm_bwd_x_rows<T>(x, w, mean, rstd, g, dx, n, rms); } \
     extern "C" __global__ void norm_forward_##S(const T* x, const T* w, const T* b, T* y, Acc<T>::type* mean, \
                                                 Acc<T>::type* rstd, int64_t n, double eps, int rms) { \
         norm_fwd<T, T>(x, w, b, y, mean, rstd, n, eps, rms); } \

@@ -72,7 +72,45 @@ template <typename T> __device__ void softmax_bwd(const T* y, const T* g, T* dx,
     }
 }
 
+// Register-cached variant for rows that fit (see load_row): one read of the row, max and sum-exp by
+// block reductions over the registers, one write. One block per row.
+template <typename T> __device__ void softmax_fwd_rows(const T* x, T* y, int64_t n, int log_) {
+    typedef typename Acc<T>::type A;
+    __shared__ A sh[32];
+    x += blockIdx.x * n;
+    y += blockIdx.x * n;
+    A r[ROW_VALS];
+    load_row<T, A>(x, n, r, (A)-INFINITY);
+    A m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < ROW_VALS; ++i) m = r[i] > m ? r[i] : m;
+    m = block_max(m, sh);
+    A s = 0;
+    if (m != -INFINITY) {
+#pragma unroll
+        for (int i = 0; i < ROW_VALS; ++i) {
+            A e = r[i] == -INFINITY ? (A)0 : exp(r[i] - m);
+            s += e;
+            if (!log_) r[i] = e;
+        }
+    }
+    s = block_sum(s, sh);
+    if (log_) {
+        A lse = m + log(s);
+#pragma unroll
+        for (int i = 0; i < ROW_VALS; ++i) r[i] = r[i] - lse;
+    } else {
+        A inv = (A)1 / s;
+        // A fully masked row (m = -inf, s = 0) gives NaN, as on the CPU.
+        if (m == -INFINITY) inv = NAN;
+#pragma unroll
+        for (int i = 0; i < ROW_VALS; ++i) r[i] = r[i] * inv;
+    }
+    store_row<T, A>(y, n, r);
+}
+
 #define SOFTMAX(S, T) \
+    extern "C" __global__ void softmax_rows_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd_rows<T>(x, y, n, log_); } \
     extern "C" __global__ void softmax_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd<T>(x, y, n, log_); } \
     extern "C" __global__ void softmax_backward_##S(const T* y, const T* g, T* dx, int64_t n, int log_) { \
         softmax_bwd<T>(y, g, dx, n, log_); }

@@ -8,6 +8,16 @@ use crate::{DType, Error, Result};
 
 const THREADS: u32 = 256;
 
+/// Grid for the elementwise kernels: on the contiguous vector path each thread moves UNROLL (4) packs
+/// of 16 bytes per step, so fewer threads are launched.
+fn grid_ew(n: usize, dt: DType, contig: bool) -> (u32, u32, u32) {
+    if contig {
+        grid_for(n.div_ceil(4 * (16 / dt.size_in_bytes())), THREADS)
+    } else {
+        grid_for(n, THREADS)
+    }
+}
+
 fn unary_code(op: UnaryOp) -> (i32, f64, f64) {
     use UnaryOp::*;
     match op {
@@ -44,7 +54,7 @@ pub(crate) fn unary(x: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStor
     let out = CudaStorage::alloc(dev, x.dtype(), n)?;
     let ([sx], contig) = views([l])?;
     let (code, p, q) = unary_code(op);
-    launch!(dev, kname("unary", x.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
+    launch!(dev, kname("unary", x.dtype()), grid_ew(n, x.dtype(), contig), (THREADS, 1, 1);
         x.ptr(), sx, out.ptr(), n as i64, code, p, q, contig as i32)?;
     Ok(out)
 }
@@ -62,7 +72,7 @@ pub(crate) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout,
     let out = CudaStorage::alloc(dev, dt, n)?;
     let ([sa, sb], contig) = views([la, lb])?;
     let code = op as i32;
-    launch!(dev, kname("binary", dt), grid_for(n, THREADS), (THREADS, 1, 1);
+    launch!(dev, kname("binary", dt), grid_ew(n, dt, contig), (THREADS, 1, 1);
         a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64, code, contig as i32)?;
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Launchers for kernels/norm.cu (layer/RMS norm) and kernels/loss.cu (cross-entropy from logits).
 
 use super::device::{grid_for, launch};
-use super::softmax::row_threads;
+use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
 
@@ -45,7 +45,11 @@ pub(crate) fn norm_forward(
     let mean = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
     let rstd = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
     if rows > 0 {
-        launch!(dev, kname("norm_forward", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
+        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr()]) {
+            Some(t) => ("norm_forward_rows", t),
+            None => ("norm_forward", row_threads(n)),
+        };
+        launch!(dev, kname(name, x.dtype()), (rows as u32, 1, 1), (t, 1, 1);
             x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n as i64, eps, rms as i32)?;
     }
     Ok((y, mean, rstd))
@@ -79,7 +83,11 @@ pub(crate) fn norm_backward(
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     if rows > 0 {
-        launch!(dev, kname("norm_backward_x", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
+        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr()]) {
+            Some(t) => ("norm_backward_x_rows", t),
+            None => ("norm_backward_x", row_threads(n)),
+        };
+        launch!(dev, kname(name, x.dtype()), (rows as u32, 1, 1), (t, 1, 1);
             x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), n as i64, rms as i32)?;
     }
     if w.is_none() && !has_bias {

@@ -11,6 +11,17 @@ pub(crate) fn row_threads(n: usize) -> u32 {
     (n.div_ceil(4).div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
+/// Values each thread of a register-cached row kernel holds (ROW_VALS in kernels/common.cuh).
+const ROW_VALS: usize = 32;
+
+/// Threads per block for the register-cached row kernels, when they apply: rows of whole 16-byte packs,
+/// 16-byte-aligned pointers, and at most ROW_VALS values per thread.
+pub(crate) fn cached_row_threads(n: usize, dtype: crate::DType, ptrs: &[u64]) -> Option<u32> {
+    let pack = 16 / dtype.size_in_bytes();
+    let fits = n > 0 && n % pack == 0 && n <= ROW_VALS * 1024 && ptrs.iter().all(|p| p % 16 == 0);
+    fits.then(|| (n.div_ceil(ROW_VALS).div_ceil(32) * 32).clamp(32, 1024) as u32)
+}
+
 pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
     if !x.dtype().is_float() {
         return Err(need_float("softmax", x.dtype()));
@@ -29,6 +40,11 @@ pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStor
         return Ok(out);
     }
     let rows = numel / n;
+    if let Some(t) = cached_row_threads(n, x.dtype(), &[src, out.ptr()]) {
+        launch!(x.dev(), kname("softmax_rows", x.dtype()), (rows as u32, 1, 1), (t, 1, 1);
+            src, out.ptr(), n as i64, log as i32)?;
+        return Ok(out);
+    }
     launch!(x.dev(), kname("softmax", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
         src, out.ptr(), n as i64, log as i32)?;
     Ok(out)
