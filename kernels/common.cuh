@@ -157,6 +157,32 @@ __device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS
     }
 }
 
+// This thread's running (max m, sum s of exp(x - m)) over elements threadIdx.x, +blockDim.x, ... of a
+// row: four loads in flight per step and one rescale per step. -inf elements contribute nothing; a NaN
+// makes s NaN.
+template <typename T, typename A> __device__ __forceinline__ void thread_max_sum(const T* x, int64_t n, A& m, A& s) {
+    m = -INFINITY;
+    s = 0;
+    const int64_t B = blockDim.x;
+    for (int64_t j0 = threadIdx.x; j0 < n; j0 += 4 * B) {
+        A v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = j0 + u * B < n ? to_acc<A>(x[j0 + u * B]) : (A)-INFINITY;
+        A mx = m;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) mx = v[u] > mx ? v[u] : mx;
+        if (mx > m) {
+            s = m == -INFINITY ? (A)0 : s * exp(m - mx);
+            m = mx;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            if (v[u] != v[u]) s = NAN;
+            else if (v[u] != -INFINITY) s += exp(v[u] - m);
+        }
+    }
+}
+
 // Instantiates `NAME##_SUFFIX` entry points from a macro body for each float type.
 #define FOR_FLOATS(M) M(f32, float) M(f64, double) M(bf16, bf16) M(f16, f16)
 #define FOR_ALL(M) FOR_FLOATS(M) M(i64, int64_t) M(u8, uint8_t)

@@ -119,6 +119,56 @@ __device__ void norm_bwd_x_rows(const T* x, const T* w, const typename Acc<T>::t
     store_row<T, A>(dx, n, d);
 }
 
+// Fused backward for rows that fit in registers: each block walks rows blockIdx.x, +gridDim.x, ... and
+// writes their input gradients, while each thread sums g·h and g for the columns it owns (the same
+// columns on every row) in registers; the block then writes one f64 partial row per block, which
+// norm_backward_wb_finish folds in block order (deterministic). x and g are read once.
+template <typename T>
+__device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T>::type* mean,
+                                    const typename Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, int64_t n,
+                                    int rms, double* pw, double* pb) {
+    typedef typename Acc<T>::type A;
+    __shared__ double sh[32];
+    A aw[ROW_VALS], ab[ROW_VALS];
+#pragma unroll
+    for (int i = 0; i < ROW_VALS; ++i) aw[i] = ab[i] = 0;
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        A mu = mean[row], rs = rstd[row];
+        A h[ROW_VALS], d[ROW_VALS];
+        load_row<T, A>(x + row * n, n, h, (A)0);
+        load_row<T, A>(g + row * n, n, d, (A)0);
+        A sd = 0, sdh = 0;
+#pragma unroll
+        for (int k = 0; k < RowPacks<T>::P; ++k)
+#pragma unroll
+            for (int e = 0; e < Pack<T>::N; ++e) {
+                int i = k * Pack<T>::N + e;
+                int64_t j = row_index<T>(k, e);
+                h[i] = (h[i] - mu) * rs;
+                aw[i] += d[i] * h[i];
+                ab[i] += d[i];
+                if (w && j < n) d[i] = d[i] * to_acc<A>(w[j]);
+                sd += d[i];
+                sdh += d[i] * h[i];
+            }
+        double tsd = block_sum((double)sd, sh), tsdh = block_sum((double)sdh, sh);
+        A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
+#pragma unroll
+        for (int i = 0; i < ROW_VALS; ++i) d[i] = rs * (d[i] - mean_d - h[i] * mean_dh);
+        store_row<T, A>(dx + row * n, n, d);
+    }
+#pragma unroll
+    for (int k = 0; k < RowPacks<T>::P; ++k)
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; ++e) {
+            int64_t j = row_index<T>(k, e);
+            if (j < n) {
+                pw[(int64_t)blockIdx.x * n + j] = (double)aw[k * Pack<T>::N + e];
+                pb[(int64_t)blockIdx.x * n + j] = (double)ab[k * Pack<T>::N + e];
+            }
+        }
+}
+
 // dx = rstd·(d − mean(d) − h·mean(d·h)) with d = g·w and h the normalised input (mean(d) = 0 for RMS).
 template <typename T>
 __device__ void norm_bwd_x(const T* x, const T* w, const typename Acc<T>::type* mean, const typename Acc<T>::type* rstd,
@@ -206,3 +256,11 @@ __device__ void norm_bwd_wb_finish(const double* pw, const double* pb, int slice
     extern "C" __global__ void norm_backward_wb_finish_##S(const double* pw, const double* pb, int slices, int64_t n, T* gw, T* gb) { \
         norm_bwd_wb_finish<T>(pw, pb, slices, n, gw, gb); }
 FOR_FLOATS(NORM)
+
+// The fused backward keeps 4 x 32 values per thread: f32/bf16/f16 only (f64 would spill).
+#define NORM_FUSED(S, T) \
+    extern "C" __global__ void norm_backward_fused_rows_##S(const T* x, const T* w, const Acc<T>::type* mean, \
+                                                            const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
+                                                            int64_t n, int rms, double* pw, double* pb) { \
+        norm_bwd_fused_rows<T>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb); }
+NORM_FUSED(f32, float) NORM_FUSED(bf16, bf16) NORM_FUSED(f16, f16)

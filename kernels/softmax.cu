@@ -18,14 +18,7 @@ template <typename A> __device__ __forceinline__ void ms_merge(A& m, A& s, A m2,
 // The (max, sum) of one row, merged over the block; every thread gets the result.
 template <typename T, typename A> __device__ void row_max_sum(const T* x, int64_t n, A& m, A& s) {
     __shared__ A shm[32], shs[32];
-    m = -INFINITY;
-    s = 0;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-        A v = to_acc<A>(x[j]);
-        if (v == -INFINITY) continue;
-        if (v > m) { s = s * exp(m - v) + (A)1; m = v; }  // exp(-inf) = 0 on the first element
-        else s += exp(v - m);                              // NaN v: exp(NaN) makes s NaN, as it should
-    }
+    thread_max_sum<T, A>(x, n, m, s);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;

@@ -35,6 +35,7 @@ pub fn kernel_names() -> Vec<String> {
     per(&mut v, &["compare", "where", "copy_into", "fill", "reduce_rows", "reduce_finish", "reduce_small"], &ALL);
     per(&mut v, &["argmax", "index_select", "index_add", "gather", "scatter_add"], &ALL);
     per(&mut v, &["adam_update", "sgd_update"], &["f32", "f64"]);
+    per(&mut v, &["norm_backward_fused_rows"], &["f32", "bf16", "f16"]);
     for s in ALL {
         for d in ALL {
             v.push(format!("cast_{s}_{d}"));

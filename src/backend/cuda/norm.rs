@@ -5,6 +5,10 @@ use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
 
+/// Blocks of the fused norm backward: enough to fill an H100/H200 (132 SMs) twice; each writes one partial
+/// row of weight and bias gradients.
+const FUSED_BLOCKS: usize = 264;
+
 fn stats_dtype(d: DType) -> DType {
     if d == DType::F64 {
         DType::F64
@@ -82,6 +86,21 @@ pub(crate) fn norm_backward(
     let dev = x.dev();
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
+    let cached = cached_row_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr()]);
+    if let (Some(t), true, true) = (cached, x.dtype() != DType::F64, rows > 0 && (w.is_some() || has_bias)) {
+        // Fused: input gradient and per-block weight/bias partials in one pass over x and g.
+        let blocks = rows.min(FUSED_BLOCKS);
+        let (pw, pb) =
+            (CudaStorage::alloc(dev, DType::F64, blocks * n)?, CudaStorage::alloc(dev, DType::F64, blocks * n)?);
+        launch!(dev, kname("norm_backward_fused_rows", x.dtype()), (blocks as u32, 1, 1), (t, 1, 1);
+            x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows as i64, n as i64, rms as i32, pw.ptr(), pb.ptr())?;
+        let gw = w.map(|_| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
+        let gb = has_bias.then(|| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
+        let (gwp, gbp) = (gw.as_ref().map_or(0, |s| s.ptr()), gb.as_ref().map_or(0, |s| s.ptr()));
+        launch!(dev, kname("norm_backward_wb_finish", x.dtype()), grid_for(n, 256), (256, 1, 1);
+            pw.ptr(), pb.ptr(), blocks as i32, n as i64, gwp, gbp)?;
+        return Ok((gx, gw, gb));
+    }
     if rows > 0 {
         let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr()]) {
             Some(t) => ("norm_backward_x_rows", t),

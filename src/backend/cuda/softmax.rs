@@ -14,11 +14,15 @@ pub(crate) fn row_threads(n: usize) -> u32 {
 /// Values each thread of a register-cached row kernel holds (ROW_VALS in kernels/common.cuh).
 const ROW_VALS: usize = 32;
 
+/// Most threads per block for those kernels: they use up to ~160 registers per thread, and 256 threads
+/// of 255 registers still fit an SM's 64K registers, so every one of them can launch.
+const ROW_THREADS_MAX: usize = 256;
+
 /// Threads per block for the register-cached row kernels, when they apply: rows of whole 16-byte packs,
-/// 16-byte-aligned pointers, and at most ROW_VALS values per thread.
+/// 16-byte-aligned pointers, and at most ROW_VALS values per thread (rows up to 8192 elements).
 pub(crate) fn cached_row_threads(n: usize, dtype: crate::DType, ptrs: &[u64]) -> Option<u32> {
     let pack = 16 / dtype.size_in_bytes();
-    let fits = n > 0 && n % pack == 0 && n <= ROW_VALS * 1024 && ptrs.iter().all(|p| p % 16 == 0);
+    let fits = n > 0 && n % pack == 0 && n <= ROW_VALS * ROW_THREADS_MAX && ptrs.iter().all(|p| p % 16 == 0);
     fits.then(|| (n.div_ceil(ROW_VALS).div_ceil(32) * 32).clamp(32, 1024) as u32)
 }
 
