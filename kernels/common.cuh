@@ -157,29 +157,56 @@ __device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS
     }
 }
 
-// This thread's running (max m, sum s of exp(x - m)) over elements threadIdx.x, +blockDim.x, ... of a
-// row: four loads in flight per step and one rescale per step. -inf elements contribute nothing; a NaN
-// makes s NaN.
+// Folds `cnt` values into a running (max m, sum s of exp(v - m)): one rescale per call. -inf values
+// contribute nothing; a NaN makes s NaN.
+template <typename A> __device__ __forceinline__ void max_sum_update(const A* v, int cnt, A& m, A& s) {
+    A mx = m;
+    for (int u = 0; u < cnt; ++u) mx = v[u] > mx ? v[u] : mx;
+    if (mx > m) {
+        s = m == -INFINITY ? (A)0 : s * exp(m - mx);
+        m = mx;
+    }
+    for (int u = 0; u < cnt; ++u) {
+        if (v[u] != v[u]) s = NAN;
+        else if (v[u] != -INFINITY) s += exp(v[u] - m);
+    }
+}
+
+// A row of any alignment split into a scalar head up to the first 16-byte boundary, a body of whole
+// packs (128-bit loads), and a scalar tail.
+template <typename T> struct RowSplit {
+    int64_t head, packs, tail_start;
+    __device__ RowSplit(const T* x, int64_t n) {
+        head = (int64_t)(((16 - ((uintptr_t)x & 15)) & 15) / sizeof(T));
+        if (head > n) head = n;
+        packs = (n - head) / Pack<T>::N;
+        tail_start = head + packs * Pack<T>::N;
+    }
+};
+
+// This thread's running (max m, sum s of exp(x - m)) over its share of a row, one 128-bit load per step
+// in the body.
 template <typename T, typename A> __device__ __forceinline__ void thread_max_sum(const T* x, int64_t n, A& m, A& s) {
+    typedef Pack<T> P;
     m = -INFINITY;
     s = 0;
-    const int64_t B = blockDim.x;
-    for (int64_t j0 = threadIdx.x; j0 < n; j0 += 4 * B) {
-        A v[4];
+    RowSplit<T> rs(x, n);
+    for (int64_t j = threadIdx.x; j < rs.head; j += blockDim.x) {
+        A v = to_acc<A>(x[j]);
+        max_sum_update(&v, 1, m, s);
+    }
+    const P* px = reinterpret_cast<const P*>(x + rs.head);
+#pragma unroll 2
+    for (int64_t p = threadIdx.x; p < rs.packs; p += blockDim.x) {
+        P pk = px[p];
+        A v[P::N];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) v[u] = j0 + u * B < n ? to_acc<A>(x[j0 + u * B]) : (A)-INFINITY;
-        A mx = m;
-#pragma unroll
-        for (int u = 0; u < 4; ++u) mx = v[u] > mx ? v[u] : mx;
-        if (mx > m) {
-            s = m == -INFINITY ? (A)0 : s * exp(m - mx);
-            m = mx;
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            if (v[u] != v[u]) s = NAN;
-            else if (v[u] != -INFINITY) s += exp(v[u] - m);
-        }
+        for (int e = 0; e < P::N; ++e) v[e] = to_acc<A>(pk.v[e]);
+        max_sum_update(v, P::N, m, s);
+    }
+    for (int64_t j = rs.tail_start + threadIdx.x; j < n; j += blockDim.x) {
+        A v = to_acc<A>(x[j]);
+        max_sum_update(&v, 1, m, s);
     }
 }
 

@@ -59,7 +59,27 @@ template <typename T> __device__ void ce_bwd(const T* x, const int64_t* t, const
     A m, s;
     ce_max_sum<T, A>(x, c, m, s);
     A gr = to_acc<A>(g[r]), inv = (A)1 / s;
-    for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    // x and dx rows share their alignment (same offsets, same element size): head, packed body, tail.
+    RowSplit<T> rs(x, c);
+    if ((((uintptr_t)x ^ (uintptr_t)dx) & 15) != 0) rs.head = rs.tail_start = c, rs.packs = 0;  // all scalar
+    for (int64_t j = threadIdx.x; j < rs.head; j += blockDim.x) {
+        A p = exp(to_acc<A>(x[j]) - m) * inv * gr;
+        dx[j] = from_acc<T>(j == tv ? p - gr : p);
+    }
+    typedef Pack<T> P;
+    const P* px = reinterpret_cast<const P*>(x + rs.head);
+    P* pd = reinterpret_cast<P*>(dx + rs.head);
+#pragma unroll 2
+    for (int64_t q = threadIdx.x; q < rs.packs; q += blockDim.x) {
+        P in = px[q], out;
+#pragma unroll
+        for (int e = 0; e < P::N; ++e) {
+            A p = exp(to_acc<A>(in.v[e]) - m) * inv * gr;
+            out.v[e] = from_acc<T>(rs.head + q * P::N + e == tv ? p - gr : p);
+        }
+        pd[q] = out;
+    }
+    for (int64_t j = rs.tail_start + threadIdx.x; j < c; j += blockDim.x) {
         A p = exp(to_acc<A>(x[j]) - m) * inv * gr;
         dx[j] = from_acc<T>(j == tv ? p - gr : p);
     }
