@@ -22,7 +22,8 @@ const ROW_THREADS_MAX: usize = 256;
 /// 16-byte-aligned pointers, and at most ROW_VALS values per thread (rows up to 8192 elements).
 pub(crate) fn cached_row_threads(n: usize, dtype: crate::DType, ptrs: &[u64]) -> Option<u32> {
     let pack = 16 / dtype.size_in_bytes();
-    let fits = n > 0 && n % pack == 0 && n <= ROW_VALS * ROW_THREADS_MAX && ptrs.iter().all(|p| p % 16 == 0);
+    let fits =
+        n > 0 && n.is_multiple_of(pack) && n <= ROW_VALS * ROW_THREADS_MAX && ptrs.iter().all(|p| p.is_multiple_of(16));
     fits.then(|| (n.div_ceil(ROW_VALS).div_ceil(32) * 32).clamp(32, 1024) as u32)
 }
 
