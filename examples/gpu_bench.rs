@@ -115,6 +115,35 @@ fn main() -> Result<()> {
     report("add bf16", "2^26", ms, gb(6.0 * n as f64, ms), "GB/s", copy_gbs, "-");
     drop((a, b, c, ab, bb));
 
+    // ---- broadcast bias add [16384, 4096] + [4096], and a transposing copy (strided paths) ----
+    let (r, c) = (16_384usize, 4096usize);
+    let x = randn(13, &[r, c], DType::F32, d)?;
+    let bias = randn(14, &[c], DType::F32, d)?;
+    let ms = time(d, || x.add(&bias).map(|_| ()))?;
+    let y = x.add(&bias)?;
+    let yr = head(&x, 16)?.add(&bias.to_device(Device::Cpu)?.to_dtype(DType::F64)?)?;
+    let chk = verdict(rel_max(&head(&y, 16)?, &yr)?, 1e-6);
+    report(
+        "add bias f32 (broadcast)",
+        &format!("{r}x{c}+{c}"),
+        ms,
+        gb(8.0 * (r * c) as f64, ms),
+        "GB/s",
+        copy_gbs,
+        &chk,
+    );
+    let ms = time(d, || x.t()?.contiguous().map(|_| ()))?;
+    let xt = x.t()?.contiguous()?;
+    let chk = verdict(
+        rel_max(
+            &head(&xt, 16)?,
+            &x.narrow(1, 0, 16)?.to_device(Device::Cpu)?.to_dtype(DType::F64)?.t()?.contiguous()?,
+        )?,
+        0.0,
+    );
+    report("transpose copy f32", &format!("{r}x{c}"), ms, gb(8.0 * (r * c) as f64, ms), "GB/s", copy_gbs, &chk);
+    drop((x, bias, y, xt));
+
     // ---- softmax, layer norm: [16384, 4096] ----
     let (rows, cols) = (16_384usize, 4096usize);
     let sh = format!("{rows}x{cols}");

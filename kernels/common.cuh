@@ -63,6 +63,21 @@ __device__ __forceinline__ int64_t strided_offset(const Strided& s, int64_t i) {
     return off;
 }
 
+// strided_offset for launches of n elements: when n < 2^32 (so every dim and index fits too), the
+// index arithmetic runs in 32 bits, several times cheaper on the GPU than 64-bit division.
+__device__ __forceinline__ int64_t strided_offset_n(const Strided& s, int64_t i, int64_t n) {
+    if (n > 0xffffffffll) return strided_offset(s, i);
+    int64_t off = s.offset;
+    uint32_t r = (uint32_t)i;
+    for (int d = s.rank - 1; d >= 0; --d) {
+        uint32_t m = (uint32_t)s.shape[d];
+        uint32_t q = r / m;
+        off += (int64_t)(r - q * m) * s.strides[d];
+        r = q;
+    }
+    return off;
+}
+
 // Grid-stride loop over n elements.
 #define GRID_LOOP(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)

@@ -91,7 +91,7 @@ __device__ void unary_kernel(const T* x, Strided sx, T* y, int64_t n, int op, do
         }
         return;
     }
-    GRID_LOOP(i, n) y[i] = from_acc<T>(unary_fn<A>(op, to_acc<A>(x[strided_offset(sx, i)]), p, q));
+    GRID_LOOP(i, n) y[i] = from_acc<T>(unary_fn<A>(op, to_acc<A>(x[strided_offset_n(sx, i, n)]), p, q));
 }
 
 // Binary op codes, in the order of munja::BinaryOp.
@@ -159,7 +159,7 @@ __device__ void binary_kernel(const T* a, Strided sa, const T* b, Strided sb, T*
         return;
     }
     GRID_LOOP(i, n) {
-        A u = to_acc<A>(a[strided_offset(sa, i)]), v = to_acc<A>(b[strided_offset(sb, i)]);
+        A u = to_acc<A>(a[strided_offset_n(sa, i, n)]), v = to_acc<A>(b[strided_offset_n(sb, i, n)]);
         y[i] = from_acc<T>(binary_fn<A>(op, u, v));
     }
 }
@@ -176,8 +176,8 @@ template <> __device__ __forceinline__ float cmp_val<f16>(f16 x) { return __half
 template <typename T>
 __device__ void compare_kernel(const T* a, Strided sa, const T* b, Strided sb, uint8_t* y, int64_t n, int op) {
     GRID_LOOP(i, n) {
-        auto u = cmp_val(a[strided_offset(sa, i)]);
-        auto v = cmp_val(b[strided_offset(sb, i)]);
+        auto u = cmp_val(a[strided_offset_n(sa, i, n)]);
+        auto v = cmp_val(b[strided_offset_n(sb, i, n)]);
         bool r;
         switch (op) {
         case 0: r = u == v; break;
@@ -194,7 +194,7 @@ __device__ void compare_kernel(const T* a, Strided sa, const T* b, Strided sb, u
 // out[i] = m[i] ? a[i] : b[i] with all three views broadcast to the output shape.
 template <typename T>
 __device__ void where_kernel(const uint8_t* m, Strided sm, const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n) {
-    GRID_LOOP(i, n) y[i] = m[strided_offset(sm, i)] ? a[strided_offset(sa, i)] : b[strided_offset(sb, i)];
+    GRID_LOOP(i, n) y[i] = m[strided_offset_n(sm, i, n)] ? a[strided_offset_n(sa, i, n)] : b[strided_offset_n(sb, i, n)];
 }
 
 // Contiguous out[i] = convert(x[view i]). Same type: a plain (strided) copy. Otherwise through f64, which
@@ -209,12 +209,12 @@ template <typename S, typename D> __device__ void cast_kernel(const S* x, Stride
         GRID_LOOP(i, n) y[i] = convert<S, D>(x[i]);
         return;
     }
-    GRID_LOOP(i, n) y[i] = convert<S, D>(x[strided_offset(sx, i)]);
+    GRID_LOOP(i, n) y[i] = convert<S, D>(x[strided_offset_n(sx, i, n)]);
 }
 
 // dst[view i] = src[view i]: both views of one logical shape.
 template <typename T> __device__ void copy_into_kernel(T* d, Strided sd, const T* s, Strided ss, int64_t n) {
-    GRID_LOOP(i, n) d[strided_offset(sd, i)] = s[strided_offset(ss, i)];
+    GRID_LOOP(i, n) d[strided_offset_n(sd, i, n)] = s[strided_offset_n(ss, i, n)];
 }
 
 // y[i] = v for i < n.
