@@ -78,6 +78,13 @@ __device__ __forceinline__ int64_t strided_offset_n(const Strided& s, int64_t i,
     return off;
 }
 
+// Offset of the first element of row r of a view, rows being all dims but the last (n = element count).
+__device__ __forceinline__ int64_t row_offset(const Strided& s, int64_t r, int64_t n) {
+    Strided o = s;
+    o.rank = s.rank - 1;
+    return o.rank == 0 ? s.offset : strided_offset_n(o, r, n);
+}
+
 // Grid-stride loop over n elements.
 #define GRID_LOOP(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)

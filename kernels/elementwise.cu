@@ -164,6 +164,21 @@ __device__ void binary_kernel(const T* a, Strided sa, const T* b, Strided sb, T*
     }
 }
 
+// Strided/broadcast operands with a long last dim (bias adds, row/column broadcasts): blockIdx.y walks
+// rows, threads walk the last dim, so the index arithmetic is paid once per row, not per element.
+template <typename T>
+__device__ void binary_rows_kernel(const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n, int op) {
+    typedef typename BinAcc<T>::type A;
+    int last = sa.rank - 1;
+    int64_t inner = sa.shape[last], rows = n / inner;
+    int64_t ia = sa.strides[last], ib = sb.strides[last];
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        int64_t oa = row_offset(sa, r, n), ob = row_offset(sb, r, n);
+        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < inner; j += (int64_t)gridDim.x * blockDim.x)
+            y[r * inner + j] = from_acc<T>(binary_fn<A>(op, to_acc<A>(a[oa + j * ia]), to_acc<A>(b[ob + j * ib])));
+    }
+}
+
 // Comparison codes, in the order of munja::CmpOp. Compared in the element's own precision (bf16/f16 as f32).
 template <typename T> struct CmpT { typedef T type; };
 template <> struct CmpT<bf16> { typedef float type; };
@@ -232,6 +247,11 @@ FOR_FLOATS(UNARY)
     extern "C" __global__ void binary_##S(const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n, int op, int c) { \
         binary_kernel<T>(a, sa, b, sb, y, n, op, c); }
 FOR_FLOATS(BINARY) BINARY(i64, int64_t)
+
+#define BINARY_ROWS(S, T) \
+    extern "C" __global__ void binary_rows_##S(const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n, int op) { \
+        binary_rows_kernel<T>(a, sa, b, sb, y, n, op); }
+FOR_FLOATS(BINARY_ROWS) BINARY_ROWS(i64, int64_t)
 
 #define COMPARE(S, T) \
     extern "C" __global__ void compare_##S(const T* a, Strided sa, const T* b, Strided sb, uint8_t* y, int64_t n, int op) { \

@@ -235,6 +235,14 @@ fn binary_ops_broadcast_like_cpu() {
         ];
         for (name, f) in ops {
             close(&format!("{name} {dt}"), &f(&ag, &bg).unwrap(), &f(&a, &b).unwrap(), tol(dt));
+            // Broadcasts with a long last dim (the row-walking kernel): bias, column, transposed operand.
+            let (p, q) = (randn(61, &[64, 300], dt), randn(62, &[300], dt));
+            close(&format!("{name} {dt} bias"), &f(&on(&p, d), &on(&q, d)).unwrap(), &f(&p, &q).unwrap(), tol(dt));
+            let (p, q) = (randn(63, &[300, 1], dt), randn(64, &[300, 200], dt));
+            close(&format!("{name} {dt} column"), &f(&on(&p, d), &on(&q, d)).unwrap(), &f(&p, &q).unwrap(), tol(dt));
+            let (p, q) = (randn(65, &[200, 300], dt), randn(66, &[200], dt));
+            let (pt, pgt) = (p.t().unwrap(), on(&p, d).t().unwrap());
+            close(&format!("{name} {dt} transposed"), &f(&pgt, &on(&q, d)).unwrap(), &f(&pt, &q).unwrap(), tol(dt));
             // Same shape, contiguous fast path (1000 elements: a vector body and a tail).
             let (p, q) = (randn(5, &[1000], dt), randn(6, &[1000], dt));
             close(

@@ -7,6 +7,8 @@ use crate::shape::Layout;
 use crate::{DType, Error, Result};
 
 const THREADS: u32 = 256;
+/// Last-dim length from which broadcast binary ops walk rows (binary_rows) instead of flat indices.
+const ROWS_MIN_INNER: usize = 128;
 
 /// Grid for the elementwise kernels: on the contiguous vector path each thread moves UNROLL (4) packs
 /// of 16 bytes per step, so fewer threads are launched.
@@ -72,6 +74,14 @@ pub(crate) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout,
     let out = CudaStorage::alloc(dev, dt, n)?;
     let ([sa, sb], contig) = views([la, lb])?;
     let code = op as i32;
+    let inner = sa.inner();
+    if !contig && inner >= ROWS_MIN_INNER && n > 0 {
+        let rows = n / inner;
+        let grid = (inner.div_ceil(THREADS as usize).min(64) as u32, rows.min(65_535) as u32, 1);
+        launch!(dev, kname("binary_rows", dt), grid, (THREADS, 1, 1);
+            a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64, code)?;
+        return Ok(out);
+    }
     launch!(dev, kname("binary", dt), grid_ew(n, dt, contig), (THREADS, 1, 1);
         a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64, code, contig as i32)?;
     Ok(out)

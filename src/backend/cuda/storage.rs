@@ -161,6 +161,10 @@ impl Strided {
         Self::check(shape.len())?;
         Ok(Strided::new(shape, l.strides(), 0))
     }
+    /// Length of the last dim.
+    pub(crate) fn inner(&self) -> usize {
+        self.shape[self.rank.max(1) as usize - 1] as usize
+    }
     fn check(rank: usize) -> Result<()> {
         if rank > MAX_DIMS {
             return Err(Error::invalid("cuda", format!("views of rank {rank} after merging dims exceed {MAX_DIMS}")));
