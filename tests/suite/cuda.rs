@@ -51,6 +51,11 @@ fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
 }
 
 /// A detached copy of `t` on `d` (in a dry run, an independent CPU copy).
+/// |t| + 0.5: a safe divisor.
+fn pos(t: Tensor) -> Tensor {
+    t.abs().unwrap().add_scalar(0.5).unwrap().detach()
+}
+
 fn on(t: &Tensor, d: Device) -> Tensor {
     if d == Device::Cpu {
         let v = t.to_vec_f64().unwrap();
@@ -236,11 +241,11 @@ fn binary_ops_broadcast_like_cpu() {
         for (name, f) in ops {
             close(&format!("{name} {dt}"), &f(&ag, &bg).unwrap(), &f(&a, &b).unwrap(), tol(dt));
             // Broadcasts with a long last dim (the row-walking kernel): bias, column, transposed operand.
-            let (p, q) = (randn(61, &[64, 300], dt), randn(62, &[300], dt));
+            let (p, q) = (randn(61, &[64, 300], dt), pos(randn(62, &[300], dt)));
             close(&format!("{name} {dt} bias"), &f(&on(&p, d), &on(&q, d)).unwrap(), &f(&p, &q).unwrap(), tol(dt));
-            let (p, q) = (randn(63, &[300, 1], dt), randn(64, &[300, 200], dt));
+            let (p, q) = (randn(63, &[300, 1], dt), pos(randn(64, &[300, 200], dt)));
             close(&format!("{name} {dt} column"), &f(&on(&p, d), &on(&q, d)).unwrap(), &f(&p, &q).unwrap(), tol(dt));
-            let (p, q) = (randn(65, &[200, 300], dt), randn(66, &[200], dt));
+            let (p, q) = (randn(65, &[200, 300], dt), pos(randn(66, &[200], dt)));
             let (pt, pgt) = (p.t().unwrap(), on(&p, d).t().unwrap());
             close(&format!("{name} {dt} transposed"), &f(&pgt, &on(&q, d)).unwrap(), &f(&pt, &q).unwrap(), tol(dt));
             // Same shape, contiguous fast path (1000 elements: a vector body and a tail).
