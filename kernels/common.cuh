@@ -80,9 +80,21 @@ __device__ __forceinline__ int64_t strided_offset_n(const Strided& s, int64_t i,
 
 // Offset of the first element of row r of a view, rows being all dims but the last (n = element count).
 __device__ __forceinline__ int64_t row_offset(const Strided& s, int64_t r, int64_t n) {
-    Strided o = s;
-    o.rank = s.rank - 1;
-    return o.rank == 0 ? s.offset : strided_offset_n(o, r, n);
+    int64_t off = s.offset;
+    if (n <= 0xffffffffll) {
+        uint32_t q = (uint32_t)r;
+        for (int d = s.rank - 2; d >= 0; --d) {
+            uint32_t m = (uint32_t)s.shape[d], t = q / m;
+            off += (int64_t)(q - t * m) * s.strides[d];
+            q = t;
+        }
+    } else {
+        for (int d = s.rank - 2; d >= 0; --d) {
+            off += (r % s.shape[d]) * s.strides[d];
+            r /= s.shape[d];
+        }
+    }
+    return off;
 }
 
 // Grid-stride loop over n elements.

@@ -129,7 +129,7 @@ fn fatbin_has_every_kernel_for_sm80_and_sm90() {
 }
 
 #[test]
-fn no_kernel_spills_registers() {
+fn no_kernel_spills_registers_or_uses_local_memory() {
     if cuda::PTXAS_REPORT.is_empty() {
         println!("skipped: built without nvcc");
         return;
@@ -148,7 +148,10 @@ fn no_kernel_spills_registers() {
                 let i = line.find(key).unwrap();
                 line[..i].trim_end().rsplit([' ', ',']).next().unwrap_or("0").parse().unwrap_or(u64::MAX)
             };
-            if num("bytes spill stores") != 0 || num("bytes spill loads") != 0 {
+            // A stack frame means local memory: only the Philox normal kernels may have one (the f64
+            // sin/cos argument reduction keeps a small local array on its rare slow path).
+            let stack_ok = num("bytes stack frame") == 0 || current.starts_with("normal_");
+            if num("bytes spill stores") != 0 || num("bytes spill loads") != 0 || !stack_ok {
                 bad.push(format!("{current}: {}", line.trim()));
             }
         }
