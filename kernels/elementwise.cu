@@ -172,10 +172,28 @@ __device__ void binary_rows_kernel(const T* a, Strided sa, const T* b, Strided s
     int last = sa.rank - 1;
     int64_t inner = sa.shape[last], rows = n / inner;
     int64_t ia = sa.strides[last], ib = sb.strides[last];
+    typedef Pack<T> P;
+    const int64_t t0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         int64_t oa = row_offset(sa, r, n), ob = row_offset(sb, r, n);
-        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < inner; j += (int64_t)gridDim.x * blockDim.x)
-            y[r * inner + j] = from_acc<T>(binary_fn<A>(op, to_acc<A>(a[oa + j * ia]), to_acc<A>(b[ob + j * ib])));
+        const T *ar = a + oa, *br = b + ob;
+        T* yr = y + r * inner;
+        // Rows of whole aligned packs with unit (or, for b, zero) inner strides: 128-bit loads and stores.
+        if (ia == 1 && (ib == 1 || ib == 0) && inner % P::N == 0 && aligned16(ar) && aligned16(yr) &&
+            (ib == 0 || aligned16(br))) {
+            A bs = to_acc<A>(br[0]);
+            for (int64_t q = t0; q < inner / P::N; q += step) {
+                P u = reinterpret_cast<const P*>(ar)[q], v, o;
+                if (ib == 1) v = reinterpret_cast<const P*>(br)[q];
+#pragma unroll
+                for (int k = 0; k < P::N; ++k)
+                    o.v[k] = from_acc<T>(binary_fn<A>(op, to_acc<A>(u.v[k]), ib == 1 ? to_acc<A>(v.v[k]) : bs));
+                reinterpret_cast<P*>(yr)[q] = o;
+            }
+            continue;
+        }
+        for (int64_t j = t0; j < inner; j += step)
+            yr[j] = from_acc<T>(binary_fn<A>(op, to_acc<A>(ar[j * ia]), to_acc<A>(br[j * ib])));
     }
 }
 

@@ -77,7 +77,9 @@ pub(crate) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout,
     let inner = sa.inner();
     if !contig && inner >= ROWS_MIN_INNER && n > 0 {
         let rows = n / inner;
-        let grid = (inner.div_ceil(THREADS as usize).min(64) as u32, rows.min(65_535) as u32, 1);
+        // x covers a row's packs (4 per thread for f32); y takes many rows per block.
+        let per_block = THREADS as usize * (16 / dt.size_in_bytes());
+        let grid = (inner.div_ceil(per_block).min(64) as u32, rows.min(2048) as u32, 1);
         launch!(dev, kname("binary_rows", dt), grid, (THREADS, 1, 1);
             a.ptr(), sa, b.ptr(), sb, out.ptr(), n as i64, code)?;
         return Ok(out);
