@@ -40,7 +40,7 @@ fn infer_shape(op: &'static str, dims: &[isize], numel: usize, from: &[usize]) -
     let known: usize = dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
     let mut out: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = infer.first() {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(Error::shape(op, format!("cannot reshape {from:?} ({numel} elements) to {dims:?}")));
         }
         out[i] = numel / known;
@@ -130,12 +130,13 @@ impl Tensor {
     /// `len` elements of `dim` starting at `start` (a view).
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let d = resolve_dim("narrow", dim, self.rank())?;
-        if start + len > self.dims()[d] {
+        // checked_add: a huge start must be an error, not a wrapped-around offset.
+        if start.checked_add(len).is_none_or(|end| end > self.dims()[d]) {
             return Err(Error::shape(
                 "narrow",
                 format!(
                     "range {start}..{} exceeds size {} of dim {d} in {:?}",
-                    start + len,
+                    start as u128 + len as u128,
                     self.dims()[d],
                     self.dims()
                 ),
@@ -290,7 +291,7 @@ impl Tensor {
         if chunks == 0 {
             return Err(Error::invalid("chunk", "number of chunks must be positive"));
         }
-        let n = self.dim(dim)?;
+        let n = self.dims()[resolve_dim("chunk", dim, self.rank())?];
         self.split(n.div_ceil(chunks).max(1), dim)
     }
 
