@@ -45,6 +45,11 @@ pub fn adam_update(
     v: &mut CpuStorage,
     h: AdamParams,
 ) -> Result<()> {
+    // The chunked zip in `adam` would silently stop at the shortest buffer and leave part of p untouched.
+    if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+        let detail = format!("parameter {}, gradient {}, state {} and {} elements", p.len(), g.len(), m.len(), v.len());
+        return Err(Error::shape("adam", detail));
+    }
     match (p, g, m, v) {
         (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => adam(p, g, m, v, h),
         (CpuStorage::F64(p), CpuStorage::F64(g), CpuStorage::F64(m), CpuStorage::F64(v)) => adam(p, g, m, v, h),
@@ -84,6 +89,9 @@ fn sgd<T: Real>(p: &mut [T], g: &[T], buf: Option<&mut [T]>, h: SgdParams) {
 
 /// SGD with optional momentum buffer, on one parameter.
 pub fn sgd_update(p: &mut CpuStorage, g: &CpuStorage, buf: Option<&mut CpuStorage>, h: SgdParams) -> Result<()> {
+    if g.len() != p.len() || buf.as_ref().is_some_and(|b| b.len() != p.len()) {
+        return Err(Error::shape("sgd", format!("parameter {} and gradient {} elements differ", p.len(), g.len())));
+    }
     match (p, g, buf) {
         (CpuStorage::F32(p), CpuStorage::F32(g), None) => sgd(p, g, None, h),
         (CpuStorage::F32(p), CpuStorage::F32(g), Some(CpuStorage::F32(b))) => sgd(p, g, Some(b), h),
