@@ -14,6 +14,9 @@ fn adam<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamParams) 
     let bc2 = 1.0 - h.beta2.powi(t);
     let c = |x: f64| T::from_f64(x);
     let (b1, b2, eps, wd) = (c(h.beta1), c(h.beta2), c(h.eps), c(h.weight_decay));
+    // 1−β in f64 then rounded once, as PyTorch does: computing it in f32 after rounding β2 = 0.999 is
+    // off by 1.3e-5 relative, and the error compounds over steps.
+    let (omb1, omb2) = (c(1.0 - h.beta1), c(1.0 - h.beta2));
     let (step_size, bc2_sqrt) = (c(h.lr / bc1), c(bc2.sqrt()));
     let decay = c(1.0 - h.lr * h.weight_decay);
     let f = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
@@ -24,8 +27,8 @@ fn adam<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamParams) 
             } else if h.weight_decay != 0.0 {
                 gi = gi + wd * p[i];
             }
-            m[i] = b1 * m[i] + (T::ONE - b1) * gi;
-            v[i] = b2 * v[i] + (T::ONE - b2) * gi * gi;
+            m[i] = b1 * m[i] + omb1 * gi;
+            v[i] = b2 * v[i] + omb2 * gi * gi;
             // Same arithmetic order as PyTorch's Adam: step_size · m / (sqrt(v)/sqrt(bc2) + eps).
             p[i] = p[i] - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
         }
