@@ -206,6 +206,9 @@ impl Tensor {
     /// Replaces the accumulated gradient (used by gradient clipping and data-parallel averaging).
     pub fn set_grad(&self, g: Option<Tensor>) -> Result<()> {
         if let Some(g) = &g {
+            if g.device() != self.device() {
+                return Err(Error::Device { op: "set_grad", a: self.device(), b: g.device() });
+            }
             if g.dims() != self.dims() || g.dtype() != self.dtype() {
                 return Err(Error::shape(
                     "set_grad",

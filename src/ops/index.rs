@@ -40,9 +40,15 @@ impl Tensor {
         if self.rank() != 2 {
             return Err(Error::shape("embedding", format!("table must be 2-D, got {:?}", self.dims())));
         }
+        check_index("embedding", self, ids)?;
         let mut shape = ids.dims().to_vec();
         shape.push(self.dims()[1]);
-        self.index_select(0, &ids.flatten(0, -1)?)?.reshape(shape)
+        // A bad token id is reported against the op the caller used, not the lookup underneath.
+        let rows = self.index_select(0, &ids.flatten(0, -1)?).map_err(|e| match e {
+            Error::Index { index, size, .. } => Error::Index { op: "embedding", index, size },
+            e => e,
+        })?;
+        rows.reshape(shape)
     }
 
     /// self + src added at rows `index` along `dim` (deterministic, in index order).

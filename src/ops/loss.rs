@@ -39,6 +39,9 @@ impl Tensor {
             ));
         }
         let c = self.dims()[self.rank() - 1];
+        if c == 0 {
+            return Err(Error::shape(OP, format!("logits {:?} have no classes", self.dims())));
+        }
         let x = self.contiguous()?;
         let t = targets.contiguous()?;
         let s = x.storage().cross_entropy_forward(&t.storage(), c, ignore_index)?;
@@ -53,6 +56,7 @@ impl Tensor {
 
     /// Mean squared error against a target of the same shape.
     pub fn mse_loss(&self, target: &Tensor) -> Result<Tensor> {
+        super::check_same("mse_loss", self, target)?;
         if self.dims() != target.dims() {
             return Err(Error::shape(
                 "mse_loss",

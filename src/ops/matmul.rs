@@ -18,7 +18,8 @@ impl Tensor {
             ));
         }
         if self.rank() == 1 {
-            return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);
+            // The inner call has already dropped the column dim when rhs is a vector too (a dot product).
+            return self.unsqueeze(0)?.matmul(rhs)?.squeeze(if rhs.rank() == 1 { -1 } else { -2 });
         }
         if rhs.rank() == 1 {
             return self.matmul(&rhs.unsqueeze(1)?)?.squeeze(-1);
@@ -42,8 +43,30 @@ impl Tensor {
         let (a, b) = (self.clone(), rhs.clone());
         Ok(record(out, OP, &[self, rhs], move |g| {
             let ga = if a.requires_grad() { Some(g.matmul(&b.transpose(-1, -2)?)?.sum_to(a.dims())?) } else { None };
-            let gb = if b.requires_grad() { Some(a.transpose(-1, -2)?.matmul(g)?.sum_to(b.dims())?) } else { None };
+            let gb = if b.requires_grad() { Some(rhs_grad(&a, &b, g)?) } else { None };
             Ok(vec![ga, gb])
         }))
+    }
+}
+
+/// Gradient of the right operand, aᵀ·g summed over broadcast batch dims, computed so that it needs no
+/// strided copy afterwards: a 2-D weight used by a batched input gets one GEMM over the flattened batch,
+/// and a weight used through a transposed view (`x.matmul(&w.t())`, as Linear does) gets its gradient
+/// computed as (gᵀ·a)ᵀ, which is contiguous in the weight's own layout.
+fn rhs_grad(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if b.rank() != 2 {
+        return a.transpose(-1, -2)?.matmul(g)?.sum_to(b.dims());
+    }
+    let (k, n) = (b.dims()[0], b.dims()[1]);
+    let (a2, g2) = if a.rank() > 2 {
+        (a.reshape([-1, k as isize])?, g.reshape([-1, n as isize])?)
+    } else {
+        (a.clone(), g.clone())
+    };
+    let transposed = b.strides()[0] == 1 && b.strides()[1] != 1;
+    if transposed {
+        g2.t()?.matmul(&a2)?.t()
+    } else {
+        a2.t()?.matmul(&g2)
     }
 }

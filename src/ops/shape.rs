@@ -130,12 +130,13 @@ impl Tensor {
     /// `len` elements of `dim` starting at `start` (a view).
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let d = resolve_dim("narrow", dim, self.rank())?;
-        if start + len > self.dims()[d] {
+        // checked_add: a huge start must be an error, not a wrapped-around offset.
+        if start.checked_add(len).is_none_or(|end| end > self.dims()[d]) {
             return Err(Error::shape(
                 "narrow",
                 format!(
                     "range {start}..{} exceeds size {} of dim {d} in {:?}",
-                    start + len,
+                    start as u128 + len as u128,
                     self.dims()[d],
                     self.dims()
                 ),
@@ -290,7 +291,7 @@ impl Tensor {
         if chunks == 0 {
             return Err(Error::invalid("chunk", "number of chunks must be positive"));
         }
-        let n = self.dim(dim)?;
+        let n = self.dims()[resolve_dim("chunk", dim, self.rank())?];
         self.split(n.div_ceil(chunks).max(1), dim)
     }
 

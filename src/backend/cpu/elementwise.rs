@@ -79,6 +79,40 @@ fn unary_fn<T: Real>(op: UnaryOp) -> impl Fn(T) -> T + Sync + Copy {
     }
 }
 
+/// The op's user-facing name, so a dtype error says `exp`, not the kernel family.
+fn unary_name(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "neg",
+        UnaryOp::Exp => "exp",
+        UnaryOp::Log => "log",
+        UnaryOp::Sqrt => "sqrt",
+        UnaryOp::Rsqrt => "rsqrt",
+        UnaryOp::Recip => "recip",
+        UnaryOp::Abs => "abs",
+        UnaryOp::Sign => "sign",
+        UnaryOp::Tanh => "tanh",
+        UnaryOp::Sigmoid => "sigmoid",
+        UnaryOp::Relu => "relu",
+        UnaryOp::GeluTanh | UnaryOp::GeluTanhGrad => "gelu",
+        UnaryOp::GeluErf | UnaryOp::GeluErfGrad => "gelu_erf",
+        UnaryOp::Silu | UnaryOp::SiluGrad => "silu",
+        UnaryOp::Powf(_) => "powf",
+        UnaryOp::Clamp(..) | UnaryOp::InRange(..) => "clamp",
+        UnaryOp::Affine { .. } => "affine",
+    }
+}
+
+fn binary_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Maximum => "maximum",
+        BinaryOp::Minimum => "minimum",
+    }
+}
+
 fn map1<T: Real>(v: &[T], layout: &Layout, f: impl Fn(T) -> T + Sync + Copy) -> Vec<T> {
     if let Some(r) = layout.contiguous_range() {
         let src = &v[r];
@@ -101,7 +135,7 @@ fn map1<T: Real>(v: &[T], layout: &Layout, f: impl Fn(T) -> T + Sync + Copy) -> 
 
 /// A unary op over a strided view, giving a contiguous result.
 pub fn unary(s: &CpuStorage, layout: &Layout, op: UnaryOp) -> Result<CpuStorage> {
-    Ok(float_map!("unary", s, |v| map1(v, layout, unary_fn(op))))
+    Ok(float_map!(unary_name(op), s, |v| map1(v, layout, unary_fn(op))))
 }
 
 /// Applies `f` to two views of one shape, writing a contiguous result.
@@ -180,7 +214,7 @@ pub fn binary(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, op: Bina
         };
         return Ok(CpuStorage::I64(map2(x, la, y, lb, f)));
     }
-    Ok(float_map2!("binary", a, b, |x, y| map2(x, la, y, lb, binary_fn(op))))
+    Ok(float_map2!(binary_name(op), a, b, |x, y| map2(x, la, y, lb, binary_fn(op))))
 }
 
 /// A comparison giving a U8 mask (1 where true).

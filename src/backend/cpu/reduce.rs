@@ -56,6 +56,10 @@ fn init(op: ReduceOp) -> f64 {
 fn reduce_generic<T: Element + PartialOrd>(v: &[T], kept: &Layout, red: &Layout, op: ReduceOp) -> Vec<T> {
     let n_out = kept.numel();
     let n_red = red.numel();
+    if n_out == 0 {
+        // Nothing to write (e.g. summing a [0, n] tensor over its last dim); the row walk below needs rows.
+        return Vec::new();
+    }
     let (rshape, rstrides) = coalesce(red.shape(), &[red.strides()]);
     let sticky_nan = |acc: f64| acc.is_nan();
     // Fast path: the reduced elements of each output are one contiguous run.

@@ -1,0 +1,38 @@
+//! Gradient clipping by global norm.
+
+use crate::autograd::NoGradGuard;
+use crate::{DType, Error, Result, Tensor};
+use std::collections::HashSet;
+
+/// Scales every gradient by max_norm/(norm + 1e-6) when the L2 norm over all of them together exceeds
+/// `max_norm`, and returns that norm (before clipping), as `torch.nn.utils.clip_grad_norm_`. The norm is
+/// computed with tensor ops (on the gradients' device), squares in f32 or f64 and sums in f64. Parameters
+/// without a gradient are skipped, and one listed twice counts once.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
+    if max_norm.is_nan() || max_norm < 0.0 {
+        return Err(Error::invalid("clip_grad_norm", format!("max_norm must be >= 0, got {max_norm}")));
+    }
+    let _ng = NoGradGuard::new();
+    let mut seen = HashSet::new();
+    let grads: Vec<(&Tensor, Tensor)> =
+        params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| p.grad().map(|g| (p, g))).collect();
+    let mut total: Option<Tensor> = None;
+    for (_, g) in &grads {
+        let wide = if g.dtype() == DType::F64 { g.clone() } else { g.to_dtype(DType::F32)? };
+        let sq = wide.mul(&wide)?.sum_all()?.to_dtype(DType::F64)?;
+        // Summed on the first gradient's device, so only the final scalar is read back.
+        total = Some(match total {
+            Some(t) => t.add(&sq.to_device(t.device())?)?,
+            None => sq,
+        });
+    }
+    let Some(total) = total else { return Ok(0.0) };
+    let norm = total.sqrt()?.item()?;
+    if norm > max_norm {
+        let coef = max_norm / (norm + 1e-6);
+        for (p, g) in &grads {
+            p.set_grad(Some(g.mul_scalar(coef)?))?;
+        }
+    }
+    Ok(norm)
+}
