@@ -1,8 +1,10 @@
 //! One integration-test crate (so the build links one binary); each file covers one area.
 
 mod common;
+mod data;
 mod errors;
 mod fixtures;
+mod gpt;
 mod gradcheck;
 mod io;
 mod nn;
