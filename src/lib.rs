@@ -11,10 +11,12 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 mod device;
 mod dtype;
 mod error;
 pub mod io;
+pub mod models;
 pub mod ndarray_interop;
 pub mod nn;
 pub mod ops;

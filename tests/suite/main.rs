@@ -2,8 +2,10 @@
 
 mod common;
 mod cuda;
+mod data;
 mod errors;
 mod fixtures;
+mod gpt;
 mod gradcheck;
 mod io;
 mod nn;
