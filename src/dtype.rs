@@ -122,6 +122,10 @@ pub trait Real:
     fn abs(self) -> Self;
     fn powf(self, p: Self) -> Self;
     fn erf(self) -> Self;
+    /// e^x through a vectorisable kernel where one exists (f32), else the C library's.
+    fn exp_fast(self) -> Self;
+    /// tanh through a vectorisable kernel where one exists (f32), else the C library's.
+    fn tanh_fast(self) -> Self;
     fn max(self, o: Self) -> Self;
     fn min(self, o: Self) -> Self;
     fn is_nan(self) -> bool;
@@ -149,7 +153,7 @@ pub trait Real:
 }
 
 macro_rules! real {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path, $exp_fast:path, $tanh_fast:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -190,6 +194,14 @@ macro_rules! real {
             fn erf(self) -> Self {
                 $erf(self)
             }
+            #[inline(always)]
+            fn exp_fast(self) -> Self {
+                $exp_fast(self)
+            }
+            #[inline(always)]
+            fn tanh_fast(self) -> Self {
+                $tanh_fast(self)
+            }
             #[inline]
             fn max(self, o: Self) -> Self {
                 <$t>::max(self, o)
@@ -229,5 +241,5 @@ macro_rules! real {
         }
     };
 }
-real!(f32, libm::erff);
-real!(f64, libm::erf);
+real!(f32, libm::erff, crate::backend::cpu::fastmath::exp_f32, crate::backend::cpu::fastmath::tanh_f32);
+real!(f64, libm::erf, f64::exp, f64::tanh);

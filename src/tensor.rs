@@ -36,6 +36,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Tensor {
     /// A tensor over `storage` seen through `layout`. Op results are non-leaves.
     pub(crate) fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, is_leaf: bool) -> Tensor {
+        crate::backend::cpu::tune_allocator_once();
         let (dtype, device) = {
             let s = storage.read().unwrap_or_else(|e| e.into_inner());
             (s.dtype(), s.device())

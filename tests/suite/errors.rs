@@ -302,13 +302,18 @@ fn clamp_and_dropout_check_their_parameters() {
 }
 
 #[test]
-fn cuda_is_unavailable_in_this_build() {
+fn cuda_without_a_device_is_an_error() {
+    // On this machine there is no GPU (and the build may lack nvcc): either way the error names the device.
+    if munja::cuda::is_available() {
+        eprintln!("skipped: a CUDA device is present");
+        return;
+    }
     let cuda = Device::Cuda(0);
     let check = |r: Result<Tensor>| match r {
         Err(Error::DeviceUnavailable { device, .. }) => assert_eq!(device, cuda),
         other => panic!("expected DeviceUnavailable, got {other:?}"),
     };
-    let msg = expect_err(Tensor::zeros(&[2, 2], DType::F32, cuda), &["CUDA", "not available"]);
+    let msg = expect_err(Tensor::zeros(&[2, 2], DType::F32, cuda), &["not available"]);
     assert!(msg.contains("Cuda(0)"), "{msg}");
     check(Tensor::zeros(&[2, 2], DType::F32, cuda));
     check(Tensor::ones(&[3], DType::BF16, cuda));

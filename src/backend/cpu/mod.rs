@@ -2,6 +2,7 @@
 //! SIMD kernels. bf16 and f16 are widened to f32 for arithmetic (and accumulate in f32), then narrowed.
 
 mod elementwise;
+pub mod fastmath;
 mod index;
 mod matmul;
 mod norm;
@@ -250,3 +251,25 @@ macro_rules! any_map2 {
     }};
 }
 pub(crate) use any_map2;
+
+/// Keeps freed tensor buffers in the process heap instead of returning them to the kernel.
+///
+/// glibc serves large allocations with fresh mmap pages and trims freed heap memory eagerly, so every op
+/// that produced a tensor of a few hundred KiB paid for page faults and zeroing by the kernel: over a fifth
+/// of a small GPT training step. Raising the mmap and trim thresholds (what MALLOC_MMAP_THRESHOLD_ and
+/// MALLOC_TRIM_THRESHOLD_ do) makes steady-state steps reuse memory, like the caching allocators of other
+/// frameworks. Set MUNJA_KEEP_MALLOC=1 to leave the C library's settings alone.
+pub(crate) fn tune_allocator_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if std::env::var_os("MUNJA_KEEP_MALLOC").is_none() {
+            // SAFETY: mallopt only changes allocator tuning parameters; the values are within glibc's limits
+            // (the mmap threshold maximum is 32 MiB on 64-bit).
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            }
+        }
+    });
+}

@@ -100,6 +100,32 @@ fn reduce_generic<T: Element + PartialOrd>(v: &[T], kept: &Layout, red: &Layout,
         }
         return out;
     }
+    // Column path (summing a bias gradient over the batch): the kept elements are one contiguous run, so
+    // whole rows are added into f64 accumulators in memory order instead of walking each column.
+    let (kshape, kstrides) = coalesce(kept.shape(), &[kept.strides()]);
+    if op == ReduceOp::Sum && kshape.len() == 1 && kstrides[0][0] == 1 && n_out >= 16 {
+        let red_offsets: Vec<usize> = red.offsets().collect();
+        let base = kept.offset();
+        let column_block = |(ci, out): (usize, &mut [T])| {
+            let start = base + ci * 1024;
+            let mut acc = vec![0f64; out.len()];
+            for &r in &red_offsets {
+                for (a, x) in acc.iter_mut().zip(&v[start + r..start + r + out.len()]) {
+                    *a += x.to_f64();
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = T::from_f64(a);
+            }
+        };
+        let mut out = vec![T::default(); n_out];
+        if n_out * n_red >= PAR_THRESHOLD {
+            out.par_chunks_mut(1024).enumerate().for_each(column_block);
+        } else {
+            out.chunks_mut(1024).enumerate().for_each(column_block);
+        }
+        return out;
+    }
     // General path: precompute the reduced offsets once, then walk them for every output.
     let red_offsets: Vec<usize> = red.offsets().collect();
     let kept_offsets: Vec<usize> = kept.offsets().collect();
