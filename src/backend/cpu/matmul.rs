@@ -16,10 +16,14 @@ fn matmul_generic<T: Real>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T>
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let batch_shape = &la.shape()[..r - 2];
     let batch: usize = batch_shape.iter().product();
-    let mut out = vec![T::ZERO; batch * m * n];
-    if m * n == 0 {
-        return out;
+    if m * n * k == 0 {
+        return vec![T::ZERO; batch * m * n];
     }
+    // The output is written whole by the GEMM (it never reads dst here), so it is not zero-filled first:
+    // the memset was a tenth of a small GPT step.
+    let mut out: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(batch * m * n);
+    // SAFETY: MaybeUninit elements need no initialisation.
+    unsafe { out.set_len(batch * m * n) };
     // Operands whose matrix part is broadcast (stride 0) are made dense first; gemm wants real strides.
     let dense = |v: &[T], l: &Layout| -> Option<(Vec<T>, Layout)> {
         let s = l.strides();
@@ -45,11 +49,8 @@ fn matmul_generic<T: Real>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T>
         }
         (oa, ob)
     };
-    let run = |i: usize, dst: &mut [T], par: gemm::Parallelism| {
+    let run = |i: usize, dst: &mut [std::mem::MaybeUninit<T>], par: gemm::Parallelism| {
         let (oa, ob) = batch_offsets(i);
-        if k == 0 {
-            return;
-        }
         // SAFETY: offsets and strides come from layouts validated against their storages, dst is a
         // distinct m×n buffer, and the gemm reads at most the elements the layouts address.
         unsafe {
@@ -57,7 +58,7 @@ fn matmul_generic<T: Real>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T>
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst.as_mut_ptr() as *mut T,
                 1,
                 n as isize,
                 a.as_ptr().add(oa),
@@ -77,7 +78,9 @@ fn matmul_generic<T: Real>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T>
         let par = if m * n * k < SMALL_GEMM { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
         out.chunks_mut(m * n).enumerate().for_each(|(i, dst)| run(i, dst, par));
     }
-    out
+    // SAFETY: with k > 0 and read_dst = false, gemm wrote every element of every m×n block.
+    let mut out = std::mem::ManuallyDrop::new(out);
+    unsafe { Vec::from_raw_parts(out.as_mut_ptr() as *mut T, out.len(), out.capacity()) }
 }
 
 /// Batched matmul of [.., m, k] by [.., k, n]; the batch dims of both layouts are already broadcast.
