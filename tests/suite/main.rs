@@ -6,6 +6,7 @@ mod data;
 mod errors;
 mod fixtures;
 mod gpt;
+mod gpt_example;
 mod gradcheck;
 mod io;
 mod nn;

@@ -1,0 +1,72 @@
+//! The end-of-run summary: throughput, and on a GPU the model FLOPs utilisation against the card's dense
+//! bf16 peak and the energy NVML counted. Nothing is estimated: what cannot be measured says so.
+
+use super::device::{bf16_peak_flops, gpu_name};
+use super::train::si;
+use munja::Device;
+
+pub struct RunReport {
+    pub device: Device,
+    pub steps_done: usize,
+    pub final_val_loss: Option<f64>,
+    pub wall_s: f64,
+    pub train_s: f64,
+    pub tokens: usize,
+    pub flops_per_token: f64,
+    /// Joules the GPU drew during the session, when NVML could be read.
+    pub energy_j: Option<f64>,
+}
+
+/// "4m 58.2s".
+pub fn duration(s: f64) -> String {
+    if s >= 60.0 {
+        format!("{}m {:.1}s", (s / 60.0).floor(), s % 60.0)
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+impl RunReport {
+    /// The summary's lines.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec!["run summary".to_string()];
+        out.push(format!("  device         {}", self.device));
+        out.push(format!("  steps          {} ({} tokens this session)", self.steps_done, si(self.tokens as f64)));
+        if let Some(v) = self.final_val_loss {
+            out.push(format!("  final val loss {v:.4}"));
+        }
+        out.push(format!("  wall time      {} ({} in training steps)", duration(self.wall_s), duration(self.train_s)));
+        let tok_s = self.tokens as f64 / self.train_s.max(1e-9);
+        out.push(format!("  throughput     {} tokens/s (training steps only)", si(tok_s)));
+        match self.device {
+            Device::Cuda(i) => {
+                let achieved = self.flops_per_token * tok_s;
+                let name = gpu_name(i);
+                match name.as_deref().and_then(bf16_peak_flops) {
+                    Some(peak) => out.push(format!(
+                        "  MFU            {:.1}% ({:.1} TFLOP/s of the {}'s {:.0} TFLOP/s dense bf16 peak)",
+                        100.0 * achieved / peak,
+                        achieved / 1e12,
+                        name.as_deref().unwrap_or("GPU"),
+                        peak / 1e12
+                    )),
+                    None => out.push(format!(
+                        "  MFU            not computed ({:.2} TFLOP/s achieved; no known bf16 peak for {})",
+                        achieved / 1e12,
+                        name.as_deref().unwrap_or("this GPU (nvidia-smi did not answer)")
+                    )),
+                }
+            }
+            Device::Cpu => out.push("  MFU            not computed on the CPU (no reference peak)".into()),
+        }
+        match self.energy_j {
+            Some(j) => out.push(format!(
+                "  energy         {:.2} kJ over the session, {:.3} J per 1k tokens (NVML board power, integrated)",
+                j / 1e3,
+                j / (self.tokens.max(1) as f64 / 1e3)
+            )),
+            None => out.push("  energy         not measured (NVML not available)".into()),
+        }
+        out
+    }
+}
