@@ -29,6 +29,17 @@ impl DType {
             DType::U8 => 1,
         }
     }
+    /// The short lower-case name (`f32`, `bf16`, ...): what `Display` prints and what CUDA kernel names end in.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            DType::I64 => "i64",
+            DType::U8 => "u8",
+        }
+    }
     /// The name used in safetensors headers.
     pub fn safetensors_name(self) -> &'static str {
         match self {
@@ -44,15 +55,7 @@ impl DType {
 
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            DType::I64 => "i64",
-            DType::U8 => "u8",
-        };
-        f.write_str(s)
+        f.write_str(self.name())
     }
 }
 

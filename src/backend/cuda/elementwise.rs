@@ -1,7 +1,7 @@
 //! Launchers for kernels/elementwise.cu: unary, binary, compare, where, cast / strided copy, copy_into, fill.
 
 use super::device::{grid_for, launch};
-use super::storage::{dtype_name, intern, kname, need_float, same_device, same_dtype, views, CudaStorage};
+use super::storage::{intern, kname, need_float, same_device, same_dtype, views, CudaStorage};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::shape::Layout;
 use crate::{DType, Error, Result};
@@ -141,7 +141,7 @@ pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStor
             .map_err(|e| dev.err("copy", e))?;
         return Ok(out);
     }
-    let name = intern(format!("cast_{}_{}", dtype_name(x.dtype()), dtype_name(dtype)));
+    let name = intern(format!("cast_{}_{}", x.dtype().name(), dtype.name()));
     launch!(dev, name, grid_for(n, THREADS), (THREADS, 1, 1); x.ptr(), sx, out.ptr(), n as i64, contig as i32)?;
     Ok(out)
 }

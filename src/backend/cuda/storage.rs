@@ -183,20 +183,9 @@ pub(crate) fn views<const N: usize>(layouts: [&Layout; N]) -> Result<([Strided; 
     Ok((std::array::from_fn(|i| Strided::new(&shape, &cs[i], layouts[i].offset())), contig))
 }
 
-pub(crate) fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F64 => "f64",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        DType::I64 => "i64",
-        DType::U8 => "u8",
-    }
-}
-
 /// The entry point `family_dtype` as a static name (names are interned once).
 pub(crate) fn kname(family: &str, d: DType) -> &'static str {
-    intern(format!("{family}_{}", dtype_name(d)))
+    intern(format!("{family}_{}", d.name()))
 }
 
 pub(crate) fn intern(s: String) -> &'static str {
