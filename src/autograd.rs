@@ -4,8 +4,10 @@
 //! it is used, so the graph is freed during backward and memory stays flat across training steps.
 
 use crate::{Error, Result, Tensor};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Maps the gradient of an op's output to the gradients of its inputs (None where an input needs none).
 pub(crate) type BackwardFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync;
@@ -16,8 +18,46 @@ pub(crate) struct Node {
     pub backward: Box<BackwardFn>,
 }
 
+/// Runs on a leaf right after a backward pass has added its final gradient for that pass (PyTorch's
+/// post-accumulate-grad hook). Data-parallel training starts a bucket's all-reduce from here.
+pub type GradHook = dyn Fn(&Tensor) -> Result<()> + Send + Sync;
+
+/// Runs once when the backward pass that queued it has finished with every node.
+pub type BackwardCallback = Box<dyn FnOnce() -> Result<()>>;
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    static END_CALLBACKS: RefCell<Vec<BackwardCallback>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Counts backward passes, so hooks can tell one pass from the next (and forget the state of a pass
+/// that failed half way).
+static BACKWARD_PASSES: AtomicU64 = AtomicU64::new(0);
+
+/// The number of the backward pass running now (or the last one), starting at 1.
+pub fn current_backward_pass() -> u64 {
+    BACKWARD_PASSES.load(Ordering::Relaxed)
+}
+
+/// Queues `f` to run on this thread when the running backward pass ends (called from inside a hook);
+/// an error it returns becomes the error of `backward()`. Queued callbacks of a failed pass are dropped.
+pub fn queue_backward_callback(f: BackwardCallback) {
+    END_CALLBACKS.with(|c| c.borrow_mut().push(f));
+}
+
+fn run_end_callbacks(ok: bool) -> Result<()> {
+    let queued = END_CALLBACKS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if !ok {
+        return Ok(());
+    }
+    for f in queued {
+        f()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn run_grad_hooks(hooks: &[Arc<GradHook>], t: &Tensor) -> Result<()> {
+    hooks.iter().try_for_each(|h| h(t))
 }
 
 /// Whether ops record the graph on this thread now.
@@ -71,8 +111,16 @@ pub(crate) fn record(
     out
 }
 
-/// Runs backward from `root` with initial gradient `grad`.
+/// Runs backward from `root` with initial gradient `grad`, then the callbacks its hooks queued.
 pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
+    BACKWARD_PASSES.fetch_add(1, Ordering::Relaxed);
+    END_CALLBACKS.with(|c| c.borrow_mut().clear());
+    let result = walk_graph(root, grad);
+    let callbacks = run_end_callbacks(result.is_ok());
+    result.and(callbacks)
+}
+
+fn walk_graph(root: &Tensor, grad: Tensor) -> Result<()> {
     if !root.requires_grad() {
         return Err(Error::invalid(
             "backward",
@@ -106,7 +154,10 @@ pub(crate) fn backward(root: &Tensor, grad: Tensor) -> Result<()> {
     for t in order.iter().rev() {
         let Some(g) = grads.remove(&t.id()) else { continue };
         if t.is_leaf() {
+            // Every contribution to this leaf has been summed into `g` by now (reverse topological
+            // order), so its gradient for this pass is final and its hooks may act on it.
             t.accumulate_grad(&g)?;
+            run_grad_hooks(&t.grad_hooks(), t)?;
             continue;
         }
         let Some(node) = t.take_node() else {

@@ -13,6 +13,7 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 mod device;
+pub mod dist;
 mod dtype;
 mod error;
 pub mod io;

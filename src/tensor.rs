@@ -1,7 +1,7 @@
 //! The `Tensor` handle: a shared storage, a layout (view) into it, and autograd bookkeeping. Cloning a
 //! Tensor clones a handle, not the data.
 
-use crate::autograd::Node;
+use crate::autograd::{GradHook, Node};
 use crate::backend::cpu::CpuStorage;
 use crate::backend::Storage;
 use crate::dtype::Element;
@@ -23,6 +23,7 @@ pub(crate) struct TensorImpl {
     is_leaf: bool,
     node: Mutex<Option<crate::autograd::Node>>,
     grad: Mutex<Option<Tensor>>,
+    grad_hooks: Mutex<Vec<Arc<GradHook>>>,
 }
 
 /// An n-dimensional array on a device, with reverse-mode autograd.
@@ -51,6 +52,7 @@ impl Tensor {
             is_leaf,
             node: Mutex::new(None),
             grad: Mutex::new(None),
+            grad_hooks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -232,6 +234,21 @@ impl Tensor {
     /// The same data with no autograd history; gradients do not flow through it.
     pub fn detach(&self) -> Tensor {
         Tensor::from_parts(self.0.storage.clone(), self.0.layout.clone(), true)
+    }
+    /// Registers `hook` to run each time a backward pass has accumulated this leaf's gradient for that
+    /// pass; it sees the leaf (read `grad()`). Only leaves that require a gradient take hooks.
+    pub fn register_post_accumulate_grad_hook(&self, hook: Arc<GradHook>) -> Result<()> {
+        if !self.is_leaf() || !self.requires_grad() {
+            return Err(Error::invalid(
+                "register_post_accumulate_grad_hook",
+                format!("{self:?} is not a leaf that requires grad; hooks go on parameters"),
+            ));
+        }
+        lock(&self.0.grad_hooks).push(hook);
+        Ok(())
+    }
+    pub(crate) fn grad_hooks(&self) -> Vec<Arc<GradHook>> {
+        lock(&self.0.grad_hooks).clone()
     }
     pub(crate) fn attach_node(&self, node: Node) {
         self.0.requires_grad.store(true, Ordering::Relaxed);

@@ -767,3 +767,61 @@ fn mixing_devices_is_an_err_not_a_panic() {
     let t = Tensor::from_vec(vec![1i64], &[1], Device::Cpu).unwrap();
     assert!(a.reshape(&[1usize, 4][..]).unwrap().cross_entropy(&t, -100).is_err());
 }
+
+/// A two-layer perceptron on `d`, for the data-parallel tests.
+fn mlp(d: Device, seed: u64) -> Result<munja::nn::Sequential> {
+    let mut g = Generator::new(seed);
+    Ok(munja::nn::Sequential::new()
+        .push(munja::nn::Linear::new(24, 64, true, DType::F32, d, &mut g)?)
+        .push(munja::nn::Tanh)
+        .push(munja::nn::Linear::new(64, 5, true, DType::F32, d, &mut g)?))
+}
+
+#[test]
+fn nccl_collectives_ddp_and_zero1_at_world_size_one() -> Result<()> {
+    use munja::dist::{Ddp, DdpConfig, ProcessGroup, ReduceOp, Zero1};
+    use munja::nn::Module;
+    use munja::optim::{AdamConfig, AdamW, Optimizer};
+    let Some(d) = gpu() else { return Ok(()) };
+    let pg = ProcessGroup::single(d)?;
+    if d != Device::Cpu && std::env::var("MUNJA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        assert!(pg.uses_nccl(), "libnccl did not load on this GPU machine");
+    }
+    // One rank: every collective must hand back its input (through ncclAllReduce & co on a GPU).
+    for dtype in [DType::F32, DType::BF16] {
+        let x = randn(1, &[37, 5], dtype);
+        let t = on(&x, d);
+        pg.all_reduce(&t, ReduceOp::Sum)?;
+        pg.all_reduce(&t, ReduceOp::Avg)?;
+        pg.broadcast(&t, 0)?;
+        close(&format!("all_reduce/broadcast {dtype}"), &t, &x, 0.0);
+        close(&format!("all_gather {dtype}"), &pg.all_gather(&t)?.reshape(&[37, 5][..])?, &x, 0.0);
+        close(&format!("reduce_scatter {dtype}"), &pg.reduce_scatter(&t, ReduceOp::Avg)?, &x, 0.0);
+    }
+    // Ddp with several buckets gives the gradients of plain backward.
+    let (x, y) = (on(&randn(2, &[16, 24], DType::F32), d), on(&randn(3, &[16, 5], DType::F32), d));
+    let plain = mlp(d, 9)?;
+    let ddp = Ddp::with_config(mlp(d, 9)?, &pg, DdpConfig { bucket_bytes: 1024, sync_gradients: true })?;
+    assert!(ddp.bucket_bytes().len() >= 2);
+    plain.forward(&x)?.mse_loss(&y)?.backward()?;
+    ddp.forward(&x)?.mse_loss(&y)?.backward()?;
+    for ((n, a), (_, b)) in plain.named_parameters().iter().zip(ddp.named_parameters()) {
+        close(&format!("Ddp grad {n}"), &grad(&b), &grad(a), 0.0);
+    }
+    // ZeRO-1 around AdamW takes the steps AdamW takes.
+    let (reference, sharded) = (mlp(d, 4)?, mlp(d, 4)?);
+    let config = AdamConfig { lr: 1e-2, ..AdamConfig::adamw() };
+    let mut a = AdamW::new(reference.named_parameters(), config)?;
+    let mut z = Zero1::new(&pg, sharded.named_parameters(), |p| AdamW::new(p, config))?;
+    for _ in 0..3 {
+        for (m, o) in [(&reference, &mut a as &mut dyn Optimizer), (&sharded, &mut z as &mut dyn Optimizer)] {
+            o.zero_grad();
+            m.forward(&x)?.mse_loss(&y)?.backward()?;
+            o.step()?;
+        }
+    }
+    for ((n, p), (_, q)) in reference.named_parameters().iter().zip(sharded.named_parameters()) {
+        close(&format!("Zero1 {n}"), &q, p, 1e-6);
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 mod common;
 mod cuda;
 mod data;
+mod dist;
 mod errors;
 mod fixtures;
 mod gpt;

@@ -102,6 +102,16 @@ impl CudaDevice {
         self.stream.cu_stream()
     }
 
+    /// The stream every op of this device is enqueued on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// A second stream on this device, for work that should overlap the ops (collectives).
+    pub(crate) fn new_side_stream(&self) -> Result<Arc<CudaStream>> {
+        self.ctx.new_stream().map_err(|e| self.err("new stream", e))
+    }
+
     pub(crate) fn sync(&self) -> Result<()> {
         self.bind()?;
         self.stream.synchronize().map_err(|e| self.err("synchronize", e))
