@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release --example gpt
 //!     cargo run --release --example gpt -- --resume runs/gpt              # continue a stopped run
+//!     cargo run --release --example gpt -- --dtype bf16                   # bf16 with f32 master weights
 //!     cargo run --release --example gpt -- --sample --prompt "ROMEO:"      # sample from runs/gpt
 //!     cargo run --release --example gpt -- --init-from-hf gpt2/model.safetensors --eval-only --data FILE
 //!

@@ -1,4 +1,5 @@
-//! The run's checkpoint, `<out>/checkpoint.safetensors`: the model and both optimizer groups as tensors
+//! The run's checkpoint, `<out>/checkpoint.safetensors`: the model (f32: a bf16 run's master weights) and
+//! both optimizer groups as tensors
 //! (through `munja::io::save_checkpoint`, which writes atomically: a crash mid-save leaves the previous
 //! checkpoint as it was), and in the metadata the config, the step, the tokenizer, the data fingerprint and
 //! both generator states.
@@ -39,7 +40,7 @@ pub fn save(t: &Trainer, path: &Path, elapsed_s: f64) -> Result<()> {
     m.insert("rng.default".into(), generator_to_string(munja::rng::default_state()));
     m.insert("data.fingerprint".into(), t.fingerprint.clone());
     m.insert("data.path".into(), t.data_path.display().to_string());
-    save_checkpoint(path, &t.model, &t.opt, &m)
+    save_checkpoint(path, t.weights(), &t.opt, &m)
 }
 
 /// The checkpoint file of run directory `dir` (or `dir` itself when it names a file).
@@ -94,7 +95,10 @@ pub fn resume(dir: &Path, data: Option<&Path>, device: Device) -> Result<Trainer
             ),
         });
     }
-    load_checkpoint(&path, &t.model, &mut t.opt)?;
+    let weights = t.master.as_ref().unwrap_or(&t.model);
+    load_checkpoint(&path, weights, &mut t.opt)?;
+    // A bf16 run's working weights are its masters rounded, as they were when the checkpoint was saved.
+    t.opt.sync_working()?;
     t.step = meta(&m, "run.step")?;
     t.elapsed_before_s = meta(&m, "run.elapsed_s")?;
     t.data_gen = generator_from_meta(&m, "rng.data")?;

@@ -86,9 +86,12 @@ pub struct Args {
     /// auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Weight precision. Training keeps f32 weights; bf16 applies to --sample and --eval-only.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
+    /// Compute precision [default: f32]. Training in bf16 is mixed precision: the model's weights and
+    /// activations are bf16 (matmuls accumulate in f32), AdamW updates f32 master weights, and checkpoints
+    /// hold the f32 masters. A resumed run keeps its precision. For --sample and --eval-only: the dtype the
+    /// weights are loaded in.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
     /// Seeds the init, the batch order, dropout and evaluation batches [default: 1337]
     #[arg(long)]
     pub seed: Option<u64>,
@@ -160,6 +163,11 @@ fn invalid(op: &'static str, detail: impl Into<String>) -> Error {
 }
 
 impl Args {
+    /// `--dtype`, f32 when not given.
+    pub fn dtype(&self) -> DType {
+        self.dtype.unwrap_or(Precision::F32).dtype()
+    }
+
     pub fn preset(&self) -> &str {
         self.preset.as_deref().unwrap_or(DEFAULT_PRESET)
     }
@@ -199,6 +207,7 @@ impl Args {
             eval_iters: self.eval_iters.unwrap_or(d.eval_iters),
             checkpoint_interval: self.checkpoint_interval.unwrap_or(500),
             seed: self.seed.unwrap_or(DEFAULT_SEED),
+            dtype: self.dtype(),
         })
     }
 
@@ -222,6 +231,12 @@ impl Args {
             return Err(invalid(
                 "--resume",
                 format!("{flag} cannot change when resuming: the run continues with the settings in its checkpoint"),
+            ));
+        }
+        if let Some(d) = self.dtype.map(Precision::dtype).filter(|d| *d != cfg.dtype) {
+            return Err(invalid(
+                "--resume",
+                format!("--dtype {d} cannot change when resuming: this run trains in {}", cfg.dtype),
             ));
         }
         if let Some(steps) = self.steps {

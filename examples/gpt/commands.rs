@@ -63,7 +63,7 @@ fn load_hf(args: &Args, path: &Path, dtype: DType, device: Device) -> Result<Gpt
 /// windows of the model's context. Prints `eval_loss <value>` as the last line.
 pub fn eval_only(args: &Args) -> Result<()> {
     let device = device(args)?;
-    let dtype = args.dtype.dtype();
+    let dtype = args.dtype();
     let (model, tok) = match &args.init_from_hf {
         Some(p) => (load_hf(args, p, dtype, device)?, Tok::new("gpt2", None)?),
         None => {
@@ -95,7 +95,7 @@ pub fn eval_only(args: &Args) -> Result<()> {
 /// `--sample`: continue --prompt from a trained checkpoint or from GPT-2 weights.
 pub fn sample(args: &Args) -> Result<()> {
     let device = device(args)?;
-    let dtype = args.dtype.dtype();
+    let dtype = args.dtype();
     let (model, tok) = match &args.init_from_hf {
         Some(p) => (load_hf(args, p, dtype, device)?, Tok::new("gpt2", None)?),
         None => {
@@ -139,12 +139,6 @@ fn install_stop_handler() -> Result<&'static AtomicBool> {
 
 /// Builds a fresh run from the flags.
 fn fresh(args: &Args, device: Device) -> Result<Trainer> {
-    if args.dtype != crate::cli::Precision::F32 {
-        return Err(invalid(
-            "--dtype",
-            "training keeps f32 weights (munja's AdamW updates f32 parameters); bf16 applies to --sample and --eval-only",
-        ));
-    }
     let data = data_path(args);
     let (tok, tokens, init, model_cfg) = match &args.init_from_hf {
         Some(p) => {
@@ -208,7 +202,7 @@ pub fn train(args: &Args) -> Result<()> {
         }
     };
     let c = &t.cfg;
-    let (decay, no_decay) = t.opt.sizes();
+    let (decay, no_decay) = t.opt.inner().sizes();
     println!(
         "{}: {} parameters ({} layers, {} heads, {} wide, context {}, vocabulary {} from the {} tokenizer), dropout {}",
         c.preset,
@@ -222,10 +216,14 @@ pub fn train(args: &Args) -> Result<()> {
         c.model.dropout
     );
     println!(
-        "data: {} ({} train / {} val tokens); device {device}",
+        "data: {} ({} train / {} val tokens); device {device}, {}",
         t.data_path.display(),
         t.data.tokens(munja::data::Split::Train).len(),
-        t.data.tokens(munja::data::Split::Val).len()
+        t.data.tokens(munja::data::Split::Val).len(),
+        match c.dtype {
+            DType::F32 => "f32".to_string(),
+            d => format!("{d} compute with f32 master weights"),
+        }
     );
     println!(
         "AdamW lr {} → {} (warmup {}, cosine to step {}), weight decay {} on {decay} weights ({no_decay} without), \

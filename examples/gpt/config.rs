@@ -3,7 +3,7 @@
 
 use munja::models::GptConfig;
 use munja::optim::{AdamConfig, WarmupCosine};
-use munja::{Error, Result};
+use munja::{DType, Error, Result};
 use std::collections::BTreeMap;
 
 /// Adam's betas as in nanoGPT's Shakespeare config: beta2 0.99 rather than 0.999 because each step sees
@@ -30,7 +30,12 @@ pub struct TrainConfig {
     /// Steps between checkpoints; 0 saves only at the end (and on a stop signal).
     pub checkpoint_interval: usize,
     pub seed: u64,
+    /// What the model computes in: f32, or bf16 with f32 master weights (`munja::optim::MixedPrecision`).
+    pub dtype: DType,
 }
+
+/// The precisions training supports, as `--dtype` spells them.
+pub const TRAIN_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 
 fn invalid(detail: String) -> Error {
     Error::Invalid { op: "gpt", detail }
@@ -60,6 +65,9 @@ impl TrainConfig {
         }
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
             return Err(invalid(format!("--grad-clip must be >= 0 (0 turns it off), got {}", self.grad_clip)));
+        }
+        if !TRAIN_DTYPES.contains(&self.dtype) {
+            return Err(invalid(format!("--dtype {} cannot train: use f32 or bf16", self.dtype)));
         }
         if self.warmup > self.steps {
             return Err(invalid(format!("--warmup {} is longer than --steps {}", self.warmup, self.steps)));
@@ -100,6 +108,7 @@ impl TrainConfig {
         put("eval_iters", self.eval_iters.to_string());
         put("checkpoint_interval", self.checkpoint_interval.to_string());
         put("seed", self.seed.to_string());
+        put("dtype", self.dtype.name().to_string());
         m
     }
 
@@ -119,8 +128,18 @@ impl TrainConfig {
             eval_iters: meta(m, "run.eval_iters")?,
             checkpoint_interval: meta(m, "run.checkpoint_interval")?,
             seed: meta(m, "run.seed")?,
+            dtype: dtype_from_meta(m)?,
         })
     }
+}
+
+/// `run.dtype`; checkpoints written before bf16 training existed have none and trained in f32.
+fn dtype_from_meta(m: &BTreeMap<String, String>) -> Result<DType> {
+    let Some(v) = m.get("run.dtype") else { return Ok(DType::F32) };
+    TRAIN_DTYPES
+        .into_iter()
+        .find(|d| d.name() == v)
+        .ok_or_else(|| invalid(format!("the checkpoint's metadata entry 'run.dtype' = '{v}' is not f32 or bf16")))
 }
 
 /// Entry `key` of a checkpoint's metadata, parsed; a missing or malformed entry is an error naming it.

@@ -6,6 +6,11 @@
 //! `data_gen`, saved with the checkpoint), dropout (munja's default generator, saved too), and evaluation
 //! (a fresh generator per evaluation derived from the seed and the step, so evaluating more or less
 //! often changes no training number).
+//!
+//! In bf16 (`cfg.dtype`) the model that computes is a bf16 copy of an f32 model, the masters: the init
+//! draws the f32 weights (the same numbers as an f32 run), `MixedPrecision` runs AdamW on the masters and
+//! rounds them into the bf16 weights after each step, and checkpoints store the masters, so resuming is
+//! exact and a saved model is full precision.
 
 use super::config::TrainConfig;
 use super::corpus::Tok;
@@ -15,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use munja::data::{Split, TextDataset};
 use munja::models::Gpt;
 use munja::nn::Module;
-use munja::optim::{clip_grad_norm, LrSchedule, Optimizer};
+use munja::optim::{clip_grad_norm, LrSchedule, MixedPrecision, Optimizer};
 use munja::{DType, Device, Error, Generator, Result, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,8 +47,12 @@ pub fn dropout_seed(seed: u64) -> u64 {
 
 pub struct Trainer {
     pub cfg: TrainConfig,
+    /// The model that computes, in `cfg.dtype`.
     pub model: Gpt,
-    pub opt: DecayGroups,
+    /// The f32 master weights when `model` is bf16 (in f32 the model is its own master).
+    pub master: Option<Gpt>,
+    /// AdamW over the master weights; in f32 the wrapper only passes through.
+    pub opt: MixedPrecision<DecayGroups>,
     pub data: TextDataset,
     /// Draws the training batches; continues the stream that initialised the model.
     pub data_gen: Generator,
@@ -108,7 +117,7 @@ impl Trainer {
         Trainer::with_model(cfg, tok, tokens, device, None)
     }
 
-    /// `new`, but starting from the given weights (`--init-from-hf`) instead of a random init.
+    /// `new`, but starting from the given f32 weights (`--init-from-hf`) instead of a random init.
     pub fn with_model(
         cfg: TrainConfig,
         tok: Tok,
@@ -144,16 +153,28 @@ impl Trainer {
             }
         }
         let mut data_gen = Generator::new(cfg.seed);
-        let model = match model {
+        let init = match model {
             Some(m) => m,
             None => Gpt::new(cfg.model.clone(), DType::F32, device, &mut data_gen)?,
         };
+        let adam = cfg.adam();
+        let groups = |params: Vec<(String, Tensor)>| DecayGroups::new(params, adam);
+        let (model, master, opt) = if cfg.dtype == DType::F32 {
+            let opt = MixedPrecision::new(init.named_parameters(), groups)?;
+            (init, None, opt)
+        } else {
+            // The working copy's own init is overwritten by the masters; a generator of its own keeps it
+            // from consuming the batch stream.
+            let working = Gpt::new(cfg.model.clone(), cfg.dtype, device, &mut Generator::new(0))?;
+            let opt = MixedPrecision::with_master(working.named_parameters(), init.named_parameters(), groups)?;
+            (working, Some(init), opt)
+        };
         model.train();
-        let opt = DecayGroups::new(model.named_parameters(), cfg.adam())?;
         munja::manual_seed(dropout_seed(cfg.seed));
         Ok(Trainer {
             cfg,
             model,
+            master,
             opt,
             data,
             data_gen,
@@ -167,6 +188,11 @@ impl Trainer {
 
     pub fn device(&self) -> Device {
         self.model.device()
+    }
+
+    /// The full-precision weights: the masters of a bf16 run, else the model. What checkpoints store.
+    pub fn weights(&self) -> &Gpt {
+        self.master.as_ref().unwrap_or(&self.model)
     }
 
     /// The mean loss of `eval_iters` batches of `split`, in eval mode without a graph. The batches come
@@ -216,6 +242,8 @@ impl Trainer {
             // Gradients add up over the micro-batches, so each contributes its share of the mean.
             let scaled = if accum > 1 { loss.mul_scalar(1.0 / accum as f64)? } else { loss.clone() };
             scaled.backward()?;
+            // In bf16, the micro-batches' gradients add up in f32 on the masters (a no-op in f32).
+            self.opt.gather_grads()?;
             loss_sum += loss.item()?;
         }
         let loss = loss_sum / accum as f64;
@@ -229,7 +257,8 @@ impl Trainer {
             });
         }
         if self.cfg.grad_clip > 0.0 {
-            clip_grad_norm(&self.opt.parameters(), self.cfg.grad_clip)?;
+            // The masters' gradients: f32 whatever the model computes in.
+            clip_grad_norm(&self.opt.inner().parameters(), self.cfg.grad_clip)?;
         }
         self.opt.step()?;
         self.step += 1;

@@ -429,8 +429,17 @@ impl Gpt {
 
     /// Mean cross-entropy of the next-token predictions for ids [B, T] against targets [B, T] (I64), with
     /// targets equal to -1 (`IGNORE_INDEX`) skipped. Dropout follows the training mode.
+    ///
+    /// A bf16/f16 model's loss is f32, as under PyTorch's autocast: the fused cross-entropy already does its
+    /// softmax arithmetic in f32, and only the per-token values (B·T numbers, not B·T·vocab) are widened, so
+    /// the mean is neither rounded to 8 bits nor divided by a token count that bf16 cannot hold exactly.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        self.forward(ids)?.cross_entropy(targets, IGNORE_INDEX)
+        let logits = self.forward(ids)?;
+        if !matches!(logits.dtype(), DType::BF16 | DType::F16) {
+            return logits.cross_entropy(targets, IGNORE_INDEX);
+        }
+        let rows = logits.cross_entropy_per_row(targets, IGNORE_INDEX)?.to_dtype(DType::F32)?;
+        rows.mean_over_targets(targets, IGNORE_INDEX)
     }
 
     /// The mean cross-entropy over a token stream, cut into consecutive non-overlapping windows of

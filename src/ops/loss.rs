@@ -8,14 +8,19 @@ impl Tensor {
     /// Mean cross-entropy of logits [.., C] against I64 class targets [..], skipping targets equal to
     /// `ignore_index` (PyTorch's default is -100). The mean is over the targets that are not ignored.
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
-        let rows = self.cross_entropy_per_row(targets, ignore_index)?;
+        self.cross_entropy_per_row(targets, ignore_index)?.mean_over_targets(targets, ignore_index)
+    }
+
+    /// The mean of per-target values (`cross_entropy_per_row`'s output) over the targets that are not
+    /// `ignore_index`, in this tensor's dtype.
+    pub(crate) fn mean_over_targets(&self, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
         let count = targets.ne(&Tensor::scalar(ignore_index as f64, DType::I64, targets.device())?)?;
         let count = count.count_nonzero()?.to_dtype(self.dtype())?.maximum(&Tensor::scalar(
             1.0,
             self.dtype(),
             self.device(),
         )?)?;
-        rows.sum_all()?.div(&count)
+        self.sum_all()?.div(&count)
     }
 
     /// Per-target cross-entropy (0 where the target is ignored), shaped like `targets`.

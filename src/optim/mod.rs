@@ -1,15 +1,18 @@
-//! Optimizers (SGD, Adam, AdamW) over named parameters, gradient clipping and learning-rate schedules.
+//! Optimizers (SGD, Adam, AdamW) over named parameters, gradient clipping, learning-rate schedules and
+//! mixed-precision training (f32 master weights behind bf16/f16 models).
 //! Updates run as fused in-place kernels; optimizer state is exposed as named tensors so checkpoints
 //! store it next to the model.
 
 mod adam;
 mod clip;
+mod mixed;
 pub mod schedule;
 mod sgd;
 mod state;
 
 pub use adam::{Adam, AdamConfig, AdamW};
 pub use clip::clip_grad_norm;
+pub use mixed::MixedPrecision;
 pub use schedule::{Constant, LrSchedule, WarmupCosine};
 pub use sgd::{Sgd, SgdConfig};
 

@@ -53,6 +53,7 @@ fn tiny_config(steps: usize, dropout: f64) -> TrainConfig {
         eval_iters: 2,
         checkpoint_interval: 4,
         seed: 7,
+        dtype: DType::F32,
     }
 }
 
@@ -113,10 +114,10 @@ fn assert_same_params(a: &dyn Module, b: &dyn Module) {
 }
 
 /// Trains 2k steps straight, and k steps then a resume for k more; both must print the same losses.
-fn check_resume_is_bit_for_bit(name: &str, dropout: f64) {
+fn check_resume_is_bit_for_bit(name: &str, dropout: f64, dtype: DType) {
     let dir = scratch(name);
     let data = corpus(&dir);
-    let (k, cfg) = (5, tiny_config(10, dropout));
+    let (k, cfg) = (5, TrainConfig { dtype, ..tiny_config(10, dropout) });
 
     let mut straight = fresh(&data, cfg.clone()).unwrap();
     let (outcome, full) = run(&mut straight, &dir.join("straight"), None).unwrap();
@@ -138,6 +139,7 @@ fn check_resume_is_bit_for_bit(name: &str, dropout: f64) {
 
     assert_eq!(full, split, "the resumed run's losses differ from the uninterrupted run's");
     assert_same_params(&straight.model, &resumed.model);
+    assert_same_params(straight.weights(), resumed.weights());
     // The metrics file of the split run lists each evaluation once, as the straight run's does.
     let steps = |p: PathBuf| metrics::read(&p).unwrap().iter().map(|r| r.step).collect::<Vec<_>>();
     assert_eq!(steps(dir.join("straight").join(METRICS_FILE)), steps(dir.join("split").join(METRICS_FILE)));
@@ -146,7 +148,7 @@ fn check_resume_is_bit_for_bit(name: &str, dropout: f64) {
 
 #[test]
 fn resume_gives_the_same_losses_bit_for_bit() {
-    check_resume_is_bit_for_bit("resume", 0.0);
+    check_resume_is_bit_for_bit("resume", 0.0, DType::F32);
 }
 
 const ISOLATED: &str = "MUNJA_GPT_EXAMPLE_ISOLATED";
@@ -157,7 +159,7 @@ const ISOLATED: &str = "MUNJA_GPT_EXAMPLE_ISOLATED";
 #[ignore = "run in a process of its own by resume_with_dropout_gives_the_same_losses_bit_for_bit"]
 fn isolated_resume_with_dropout() {
     assert!(std::env::var_os(ISOLATED).is_some(), "run through resume_with_dropout_gives_the_same_losses_bit_for_bit");
-    check_resume_is_bit_for_bit("resume-dropout", 0.2);
+    check_resume_is_bit_for_bit("resume-dropout", 0.2, DType::F32);
 }
 
 #[test]
@@ -169,6 +171,57 @@ fn resume_with_dropout_gives_the_same_losses_bit_for_bit() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("1 passed"), "the isolated test failed:\n{text}");
+}
+
+/// `--dtype bf16`: the model computes in bf16 through f32 masters, trains (the loss falls), checkpoints the
+/// f32 masters, and a stopped run resumes in bf16 bit for bit (the bf16 weights are a function of the
+/// saved masters).
+#[test]
+fn bf16_training_saves_f32_masters_and_resumes_bit_for_bit() {
+    check_resume_is_bit_for_bit("resume-bf16", 0.0, DType::BF16);
+
+    let dir = scratch("bf16");
+    let data = corpus(&dir);
+    let cfg = TrainConfig { dtype: DType::BF16, eval_interval: 12, ..tiny_config(12, 0.0) };
+    let mut t = fresh(&data, cfg).unwrap();
+    assert_eq!(t.model.dtype(), DType::BF16);
+    assert_eq!(t.weights().dtype(), DType::F32);
+    let mut evals = Vec::new();
+    let stop = AtomicBool::new(false);
+    let session = Session { out: &dir, stop: &stop, verbose: false };
+    t.train(&session, &mut |e: &Event| {
+        if let Event::Eval(r) = e {
+            evals.push(r.val_loss)
+        }
+    })
+    .unwrap();
+    assert!(evals.len() == 2 && evals[1] < evals[0] - 0.3, "bf16 training did not lower the val loss: {evals:?}");
+    // The working weights are the masters rounded.
+    for ((name, w), (_, m)) in t.model.named_parameters().iter().zip(t.weights().named_parameters()) {
+        assert!(bits(w) == bits(&m.to_dtype(DType::BF16).unwrap()), "{name} is not its master rounded");
+    }
+    // The checkpoint holds the f32 masters (what sampling loads) and records the precision.
+    let (tensors, m) = munja::io::load_safetensors(dir.join(CHECKPOINT_FILE)).unwrap();
+    assert_eq!(m["run.dtype"], "bf16");
+    let saved: Vec<_> = tensors.iter().filter(|(n, _)| n.starts_with("model.")).collect();
+    assert!(!saved.is_empty() && saved.iter().all(|(_, t)| t.dtype() == DType::F32));
+    let (model, _, _) = load_for_inference(&dir, DType::F32, Device::Cpu).unwrap();
+    assert_same_params(t.weights(), &model);
+    // Resuming continues in bf16 from the same masters and optimizer state.
+    let back = checkpoint::resume(&dir, None, Device::Cpu).unwrap();
+    assert_eq!((back.cfg.dtype, back.model.dtype()), (DType::BF16, DType::BF16));
+    assert_same_params(&t.model, &back.model);
+    assert_same_params(t.weights(), back.weights());
+    let (sa, sb) = (t.opt.state_tensors().unwrap(), back.opt.state_tensors().unwrap());
+    assert!(sa.iter().zip(&sb).all(|((na, a), (nb, b))| na == nb && a.dtype() != DType::BF16 && bits(a) == bits(b)));
+    // A checkpoint written before runs had a precision trained in f32.
+    let mut old = m.clone();
+    old.remove("run.dtype");
+    assert_eq!(TrainConfig::from_metadata(&old).unwrap().dtype, DType::F32);
+    old.insert("run.dtype".into(), "f8".into());
+    let err = TrainConfig::from_metadata(&old).err().unwrap().to_string();
+    assert!(err.contains("run.dtype") && err.contains("f8"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -331,6 +384,7 @@ fn bad_settings_are_errors_that_name_the_flag() {
         (Box::new(|c: &mut TrainConfig| c.min_lr = 1.0), "--min-lr"),
         (Box::new(|c: &mut TrainConfig| c.warmup = 11), "--warmup"),
         (Box::new(|c: &mut TrainConfig| c.grad_clip = -1.0), "--grad-clip"),
+        (Box::new(|c: &mut TrainConfig| c.dtype = DType::F16), "--dtype"),
     ] {
         let mut c = cfg.clone();
         edit(&mut c);

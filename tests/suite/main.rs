@@ -10,6 +10,7 @@ mod gpt;
 mod gpt_example;
 mod gradcheck;
 mod io;
+mod mixed_precision;
 mod nn;
 mod ops;
 mod optim;

@@ -2,7 +2,9 @@
 //! (that would need a host sync); the kernels read 0 for it and skip it when adding.
 
 use super::device::{grid_for, launch};
+use super::elementwise::cast;
 use super::storage::{kname, same_device, same_dtype, CudaStorage, Strided};
+use crate::shape::Layout;
 use crate::{DType, Error, Result};
 
 const THREADS: u32 = 256;
@@ -39,6 +41,15 @@ pub(crate) fn index_add(
     idx_check("index_add", x, idx)?;
     same_device("index_add", x, src)?;
     same_dtype("index_add", x, src)?;
+    if matches!(x.dtype(), DType::BF16 | DType::F16) {
+        // The kernel rounds each destination after every add; an embedding row's gradient sums one term per
+        // occurrence of its token in the batch (thousands), and in 8 bits small terms stop registering once
+        // the sum is a few hundred times larger. So half types add in f32 and round once, as the CPU
+        // backend (f64) and PyTorch's embedding backward do.
+        let flat = |s: &CudaStorage| Layout::contiguous(&[s.len()]);
+        let wide = index_add(&cast(x, &flat(x), DType::F32)?, shape, dim, idx, &cast(src, &flat(src), DType::F32)?)?;
+        return cast(&wide, &flat(&wide), x.dtype());
+    }
     let (outer, size, inner) = split(shape, dim);
     let out = x.clone();
     launch!(x.dev(), kname("index_add", x.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
