@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (CUDA 13 driver, no Rust, no network): every CUDA test with MUNJA_REQUIRE_GPU=1,
-# then the benchmark, then prints one summary table. On a machine without a GPU it says so and exits 0.
+# then the kernel benchmark and its summary table, then the Ddp overhead bench, and with
+# MUNJA_GPU_GPT_STEPS=N the GPT example (shakespeare-char, bf16) for N steps. On a machine without a GPU
+# it says so and exits 0.
 # Exit status: 0 when every test and every benchmark check passed (or there is no GPU), 1 otherwise.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bundle="$here"
-[ -x "$bundle/munja-suite" ] || bundle="$here/../gpu-bundle"
-if [ ! -x "$bundle/munja-suite" ] || [ ! -x "$bundle/gpu_bench" ]; then
+[ -f "$bundle/munja-suite.gz" ] || bundle="$here/../gpu-bundle"
+if [ ! -f "$bundle/munja-suite.gz" ] || [ ! -f "$bundle/gpu_bench.gz" ]; then
     echo "gpu-suite: no bundle next to this script; run scripts/gpu-bundle.sh on the build machine first" >&2
     exit 2
 fi
@@ -21,11 +23,18 @@ done
 gpu="$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n1)"
 log="${MUNJA_GPU_LOG_DIR:-$(mktemp -d)}"
 mkdir -p "$log"
+# The binaries travel gzipped (gpu-bundle.sh); unpack them next to the logs.
+bin="$log/bin"
+mkdir -p "$bin"
+for f in "$bundle"/*.gz; do
+    name="$(basename "$f" .gz)"
+    gunzip -c "$f" > "$bin/$name" && chmod +x "$bin/$name"
+done
 echo "GPU: $gpu; bundle commit $(cat "$bundle/COMMIT" 2>/dev/null || echo '?'); logs in $log"
 
 # Tests one at a time: they share the device, the TF32 switch and the allocation counter.
 start=$(date +%s)
-MUNJA_REQUIRE_GPU=1 timeout 900 "$bundle/munja-suite" cuda:: --test-threads=1 >"$log/tests.txt" 2>&1
+MUNJA_REQUIRE_GPU=1 timeout 900 "$bin/munja-suite" cuda:: --test-threads=1 >"$log/tests.txt" 2>&1
 test_rc=$?
 test_s=$(( $(date +%s) - start ))
 grep -E '^test .* (FAILED|ok)$' "$log/tests.txt" | grep FAILED || true
@@ -36,7 +45,7 @@ tests_line="$(grep -E '^test result:' "$log/tests.txt" | tail -n1)"
 [ -n "$tests_line" ] || tests_line="test binary exited with status $test_rc (see $log/tests.txt)"
 
 start=$(date +%s)
-timeout 900 "$bundle/gpu_bench" >"$log/bench.txt" 2>&1
+timeout 900 "$bin/gpu_bench" >"$log/bench.txt" 2>&1
 bench_rc=$?
 bench_s=$(( $(date +%s) - start ))
 [ $bench_rc -eq 0 ] || tail -n 30 "$log/bench.txt"
@@ -50,4 +59,22 @@ echo "benchmark (${bench_s}s, exit $bench_rc): median of 30 CUDA-event timings a
 } | awk -F'|' '{ for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; if (NF > nf) nf = NF }
     END { for (r = 1; r <= n; r++) { line = ""; for (i = 1; i <= nf; i++) line = line sprintf("%-" w[i] "s  ", cell[r, i]); sub(/ +$/, "", line); print line } }'
 grep -q 'FAIL(' "$log/bench.txt" && bench_rc=1
-[ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+
+# What Ddp adds to a training step at world size 1 (one-rank NCCL communicator when libnccl loads).
+echo
+timeout 300 "$bin/ddp_bench" 2>&1 | tee "$log/ddp_bench.txt"
+ddp_rc=${PIPESTATUS[0]}
+
+# The GPT bar run (issue 4), only when asked: MUNJA_GPU_GPT_STEPS=5000 bash gpu-suite.sh
+gpt_rc=0
+if [ -n "${MUNJA_GPU_GPT_STEPS:-}" ]; then
+    echo
+    echo "GPT: shakespeare-char, bf16, batch 64, ${MUNJA_GPU_GPT_STEPS} steps"
+    timeout "${MUNJA_GPU_GPT_TIMEOUT:-1800}" "$bin/gpt" --preset shakespeare-char --dtype bf16 --batch-size 64 \
+        --steps "$MUNJA_GPU_GPT_STEPS" --device cuda --data "$bundle/tinyshakespeare.txt" --out "$log/gpt" \
+        >"$log/gpt.txt" 2>&1
+    gpt_rc=$?
+    grep -E '^(step |final val loss|run summary|  )' "$log/gpt.txt" | tail -n 25
+    [ $gpt_rc -eq 0 ] || tail -n 20 "$log/gpt.txt"
+fi
+[ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $ddp_rc -eq 0 ] && [ $gpt_rc -eq 0 ]

@@ -83,7 +83,12 @@ pub struct Args {
     /// Steps between checkpoints; 0 saves only at the end and on SIGINT/SIGTERM [default: 500]
     #[arg(long)]
     pub checkpoint_interval: Option<usize>,
-    /// auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.
+    /// Data-parallel runs (under munja-run, torchrun or srun): shard the AdamW state over the processes
+    /// (ZeRO-1) instead of keeping a full copy on each. Ignored by single-process runs' results.
+    #[arg(long)]
+    pub zero1: bool,
+    /// auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N. In a data-parallel run
+    /// auto and cuda mean the GPU of the process's local rank.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Compute precision [default: f32]. Training in bf16 is mixed precision: the model's weights and

@@ -5,12 +5,14 @@ use crate::gpt::checkpoint::{self, load_for_inference};
 use crate::gpt::corpus::{load_tokens, Tok};
 use crate::gpt::device::{parse_device, pick_device, EnergyMeter};
 use crate::gpt::metrics;
+use crate::gpt::parallel::local_gpu;
 use crate::gpt::plot::plot_losses;
 use crate::gpt::report::RunReport;
 use crate::gpt::train::{Event, Outcome, Session, Trainer, METRICS_FILE, PLOT_FILE};
+use munja::dist::{DistConfig, ProcessGroup};
 use munja::models::{Gpt, GptConfig};
 use munja::nn::Module;
-use munja::{DType, Device, Error, Generator, Result};
+use munja::{cuda, DType, Device, Error, Generator, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -22,7 +24,18 @@ fn invalid(op: &'static str, detail: impl Into<String>) -> Error {
 }
 
 fn device(args: &Args) -> Result<Device> {
-    pick_device(parse_device(&args.device)?)
+    let requested = parse_device(&args.device)?;
+    if DistConfig::from_env()?.is_some_and(|c| c.world_size > 1) {
+        // One process per GPU: "cuda" and "auto" mean this process's own GPU.
+        match requested {
+            None if cuda::is_available() => return pick_device(Some(local_gpu()?)),
+            Some(Device::Cuda(0)) if args.device.trim().eq_ignore_ascii_case("cuda") => {
+                return pick_device(Some(local_gpu()?))
+            }
+            _ => {}
+        }
+    }
+    pick_device(requested)
 }
 
 fn data_path(args: &Args) -> PathBuf {
@@ -178,29 +191,50 @@ fn fresh(args: &Args, device: Device) -> Result<Trainer> {
 
 pub fn train(args: &Args) -> Result<()> {
     let device = device(args)?;
+    let pg = ProcessGroup::from_env(device)?;
+    let result = train_in(args, device, &pg);
+    if let Err(e) = &result {
+        // Tell the other ranks now rather than letting them wait for a collective to time out.
+        pg.abort(&e.to_string());
+    }
+    result
+}
+
+fn train_in(args: &Args, device: Device, pg: &ProcessGroup) -> Result<()> {
+    let main = pg.is_main();
     let out = run_dir(args)?;
     let mut t = match &args.resume {
         Some(_) => {
             let mut t = checkpoint::resume(&out, args.data.as_deref(), device)?;
             args.apply_resume_overrides(&mut t.cfg, t.step)?;
-            metrics::truncate_after(&out.join(METRICS_FILE), t.step)?;
-            println!("resuming {} at step {}/{}", out.display(), t.step, t.cfg.steps);
+            if main {
+                metrics::truncate_after(&out.join(METRICS_FILE), t.step)?;
+                println!("resuming {} at step {}/{}", out.display(), t.step, t.cfg.steps);
+            }
             t
         }
         None => {
             let t = fresh(args, device)?;
             let old = checkpoint::checkpoint_file(&out);
-            if old.is_file() {
+            if main && old.is_file() {
                 println!(
                     "note: starting a fresh run in {}; its checkpoint will be replaced (--resume {0} continues it)",
                     out.display()
                 );
             }
             // A fresh run starts a fresh history.
-            let _ = std::fs::remove_file(out.join(METRICS_FILE));
+            if main {
+                let _ = std::fs::remove_file(out.join(METRICS_FILE));
+            }
             t
         }
     };
+    if pg.world_size() > 1 || args.zero1 {
+        t.make_parallel(pg, args.zero1)?;
+    }
+    if !main {
+        return train_quietly(&mut t, &out, device);
+    }
     let c = &t.cfg;
     let (decay, no_decay) = t.opt.inner().sizes();
     println!(
@@ -230,11 +264,27 @@ pub fn train(args: &Args) -> Result<()> {
          clip {}, batch {}×{}×{} tokens",
         c.lr, c.min_lr, c.warmup, c.steps, c.weight_decay, c.grad_clip, c.batch_size, c.grad_accum, c.model.block_size
     );
+    if let Some(p) = &t.par {
+        println!(
+            "data-parallel over {} processes ({} per node){}: {} tokens per step in all",
+            p.world(),
+            p.pg.local_world_size(),
+            if p.zero1 { ", AdamW state sharded (ZeRO-1)" } else { "" },
+            t.cfg.tokens_per_step() * p.world()
+        );
+        if let Some(m) = t.opt.inner().sharded_memory()? {
+            println!(
+                "ZeRO-1: optimizer state {:.1} MiB per process instead of {:.1} MiB",
+                m.per_rank as f64 / 1048576.0,
+                m.unsharded as f64 / 1048576.0
+            );
+        }
+    }
     let stop = install_stop_handler()?;
     let energy = EnergyMeter::start(device);
     let session = Session { out: &out, stop, verbose: true };
     let summary = t.train(&session, &mut |_: &Event| {})?;
-    let energy_j = energy.and_then(EnergyMeter::finish);
+    let energy_j = total_energy(&t, energy.and_then(EnergyMeter::finish))?;
     let ckpt = checkpoint::checkpoint_file(&out);
     if summary.outcome == Outcome::Stopped {
         println!("stopped at step {}/{}: checkpoint saved to {}", t.step, t.cfg.steps, ckpt.display());
@@ -259,10 +309,30 @@ pub fn train(args: &Args) -> Result<()> {
         tokens: summary.tokens,
         flops_per_token: t.model.flops_per_token(),
         energy_j,
+        world: t.world(),
     };
     for line in report.lines() {
         println!("{line}");
     }
     println!("wrote {}, {} and {}", ckpt.display(), out.join(METRICS_FILE).display(), out.join(PLOT_FILE).display());
     Ok(())
+}
+
+/// A data-parallel rank other than 0: trains in step with rank 0 (which prints and saves), then adds its
+/// GPU's energy to the total.
+fn train_quietly(t: &mut Trainer, out: &Path, device: Device) -> Result<()> {
+    let stop = install_stop_handler()?;
+    let energy = EnergyMeter::start(device);
+    let session = Session { out, stop, verbose: false };
+    t.train(&session, &mut |_: &Event| {})?;
+    total_energy(t, energy.and_then(EnergyMeter::finish))?;
+    Ok(())
+}
+
+/// The energy all ranks' GPUs drew, when every one of them could measure it (collective).
+fn total_energy(t: &Trainer, mine: Option<f64>) -> Result<Option<f64>> {
+    let Some(p) = &t.par else { return Ok(mine) };
+    let measured = p.sum(mine.is_some() as u8 as f64)?;
+    let joules = p.sum(mine.unwrap_or(0.0))?;
+    Ok((measured as usize == p.world()).then_some(joules))
 }

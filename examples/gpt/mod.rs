@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod device;
 pub mod groups;
 pub mod metrics;
+pub mod parallel;
 pub mod plot;
 pub mod report;
 pub mod train;

@@ -13,8 +13,10 @@ pub struct RunReport {
     pub train_s: f64,
     pub tokens: usize,
     pub flops_per_token: f64,
-    /// Joules the GPU drew during the session, when NVML could be read.
+    /// Joules the GPUs drew during the session, when NVML could be read on all of them.
     pub energy_j: Option<f64>,
+    /// Processes (GPUs) that trained together; tokens and energy are their totals.
+    pub world: usize,
 }
 
 /// "4m 58.2s".
@@ -30,7 +32,11 @@ impl RunReport {
     /// The summary's lines.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec!["run summary".to_string()];
-        out.push(format!("  device         {}", self.device));
+        if self.world > 1 {
+            out.push(format!("  devices        {} processes, rank 0 on {}", self.world, self.device));
+        } else {
+            out.push(format!("  device         {}", self.device));
+        }
         out.push(format!("  steps          {} ({} tokens this session)", self.steps_done, si(self.tokens as f64)));
         if let Some(v) = self.final_val_loss {
             out.push(format!("  final val loss {v:.4}"));
@@ -42,13 +48,15 @@ impl RunReport {
             Device::Cuda(i) => {
                 let achieved = self.flops_per_token * tok_s;
                 let name = gpu_name(i);
-                match name.as_deref().and_then(bf16_peak_flops) {
+                // Against the peak of every GPU in the job (rank 0's card stands for all of them).
+                match name.as_deref().and_then(bf16_peak_flops).map(|p| p * self.world as f64) {
                     Some(peak) => out.push(format!(
-                        "  MFU            {:.1}% ({:.1} TFLOP/s of the {}'s {:.0} TFLOP/s dense bf16 peak)",
+                        "  MFU            {:.1}% ({:.1} TFLOP/s of {}× the {}'s {:.0} TFLOP/s dense bf16 peak)",
                         100.0 * achieved / peak,
                         achieved / 1e12,
+                        self.world,
                         name.as_deref().unwrap_or("GPU"),
-                        peak / 1e12
+                        peak / 1e12 / self.world as f64
                     )),
                     None => out.push(format!(
                         "  MFU            not computed ({:.2} TFLOP/s achieved; no known bf16 peak for {})",

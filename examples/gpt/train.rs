@@ -16,8 +16,10 @@ use super::config::TrainConfig;
 use super::corpus::Tok;
 use super::groups::DecayGroups;
 use super::metrics::{self, Record};
+use super::parallel::{self, Parallel};
 use indicatif::{ProgressBar, ProgressStyle};
 use munja::data::{Split, TextDataset};
+use munja::dist::ProcessGroup;
 use munja::models::Gpt;
 use munja::nn::Module;
 use munja::optim::{clip_grad_norm, LrSchedule, MixedPrecision, Optimizer};
@@ -65,6 +67,8 @@ pub struct Trainer {
     pub fingerprint: String,
     /// Where the tokens came from, saved so `--resume` finds the data without being told.
     pub data_path: PathBuf,
+    /// Data parallelism, once `make_parallel` has run.
+    pub par: Option<Parallel>,
 }
 
 /// How a call to `train` ended.
@@ -183,7 +187,41 @@ impl Trainer {
             elapsed_before_s: 0.0,
             fingerprint,
             data_path: PathBuf::new(),
+            par: None,
         })
+    }
+
+    /// Joins the data-parallel job of `pg` (call after building or resuming, before training): each rank
+    /// draws its own batches and dropout, `Ddp` averages the gradients, and with `zero1` the AdamW state
+    /// is sharded (the optimizer state is carried over, so this works on a resumed run too).
+    pub fn make_parallel(&mut self, pg: &ProcessGroup, zero1: bool) -> Result<()> {
+        let rank = pg.rank();
+        self.data_gen = parallel::rank_stream(self.data_gen, rank);
+        munja::rng::set_default_state(parallel::rank_stream(munja::rng::default_state(), rank));
+        let master = self.master.as_ref().map(|m| m.named_parameters());
+        let par = parallel::attach(pg, self.model.named_parameters(), master.as_deref(), zero1)?;
+        if zero1 {
+            let state = self.opt.state_tensors()?;
+            let (adam, clip) = (self.cfg.adam(), self.cfg.grad_clip);
+            let groups = |params: Vec<(String, Tensor)>| DecayGroups::sharded(params, adam, pg, clip);
+            self.opt = match &self.master {
+                None => MixedPrecision::new(self.model.named_parameters(), groups)?,
+                Some(m) => MixedPrecision::with_master(self.model.named_parameters(), m.named_parameters(), groups)?,
+            };
+            self.opt.load_state_tensors(&state)?;
+        }
+        self.par = Some(par);
+        Ok(())
+    }
+
+    /// Rank 0, or the only process: the one that prints and writes files.
+    pub fn is_main(&self) -> bool {
+        self.par.as_ref().is_none_or(|p| p.pg.is_main())
+    }
+
+    /// How many processes train together.
+    pub fn world(&self) -> usize {
+        self.par.as_ref().map_or(1, |p| p.world())
     }
 
     pub fn device(&self) -> Device {
@@ -230,7 +268,7 @@ impl Trainer {
         self.opt.zero_grad();
         let (accum, device) = (self.cfg.grad_accum, self.device());
         let mut loss_sum = 0.0;
-        for _ in 0..accum {
+        for micro in 0..accum {
             let (x, y) = self.data.batch(
                 Split::Train,
                 self.cfg.batch_size,
@@ -241,7 +279,13 @@ impl Trainer {
             let loss = self.model.loss(&x, &y)?;
             // Gradients add up over the micro-batches, so each contributes its share of the mean.
             let scaled = if accum > 1 { loss.mul_scalar(1.0 / accum as f64)? } else { loss.clone() };
+            // Data-parallel: in f32 the micro-batches' gradients add up on the weights and only the last
+            // backward averages them over the ranks; in bf16 each micro-batch's gradients move to the f32
+            // masters right after its backward, so each must be averaged first.
+            let local_only = micro + 1 < accum && self.cfg.dtype == DType::F32;
+            let quiet = self.par.as_ref().filter(|_| local_only).map(|p| p.ddp.no_sync());
             scaled.backward()?;
+            drop(quiet);
             // In bf16, the micro-batches' gradients add up in f32 on the masters (a no-op in f32).
             self.opt.gather_grads()?;
             loss_sum += loss.item()?;
@@ -256,7 +300,8 @@ impl Trainer {
                 ),
             });
         }
-        if self.cfg.grad_clip > 0.0 {
+        // Under ZeRO-1 the groups clip after reducing the gradients, inside the step.
+        if self.cfg.grad_clip > 0.0 && !self.opt.inner().is_sharded() {
             // The masters' gradients: f32 whatever the model computes in.
             clip_grad_norm(&self.opt.inner().parameters(), self.cfg.grad_clip)?;
         }
@@ -270,14 +315,19 @@ impl Trainer {
     /// saving) when `session.stop` is raised.
     pub fn train(&mut self, session: &Session, on_event: &mut dyn FnMut(&Event)) -> Result<Summary> {
         let start = Instant::now();
-        std::fs::create_dir_all(session.out)
-            .map_err(|e| Error::Io { path: session.out.display().to_string(), source: e })?;
+        let main = self.is_main();
+        if main {
+            std::fs::create_dir_all(session.out)
+                .map_err(|e| Error::Io { path: session.out.display().to_string(), source: e })?;
+        }
         let ckpt_path = session.out.join(CHECKPOINT_FILE);
         let cfg = self.cfg.clone();
-        let tokens_per_step = cfg.tokens_per_step();
+        let tokens_per_step = cfg.tokens_per_step() * self.world();
+        let verbose = session.verbose && main;
         let mut out = Output {
-            bar: progress_bar(session.verbose, cfg.steps, self.step),
-            verbose: session.verbose,
+            bar: progress_bar(verbose, cfg.steps, self.step),
+            verbose,
+            write: main,
             metrics: session.out.join(METRICS_FILE),
             steps: cfg.steps,
             on_event,
@@ -310,9 +360,18 @@ impl Trainer {
             }
             // Read once, so a signal arriving now is acted on consistently: saved and stopped, both.
             let stop = session.stop.load(Ordering::SeqCst);
+            let stop = match &self.par {
+                Some(p) => p.any(stop)?,
+                None => stop,
+            };
             let due = cfg.checkpoint_interval > 0 && self.step.is_multiple_of(cfg.checkpoint_interval);
             if stop || due || self.step == cfg.steps {
-                super::checkpoint::save(self, &ckpt_path, self.elapsed_before_s + start.elapsed().as_secs_f64())?;
+                if main {
+                    super::checkpoint::save(self, &ckpt_path, self.elapsed_before_s + start.elapsed().as_secs_f64())?;
+                } else if self.opt.inner().is_sharded() {
+                    // Gathering sharded optimizer state is collective: every rank takes part.
+                    self.opt.state_tensors()?;
+                }
                 (out.on_event)(&Event::Checkpoint { step: self.step });
             }
             if stop && self.step < cfg.steps {
@@ -343,6 +402,8 @@ impl Trainer {
 struct Output<'a> {
     bar: ProgressBar,
     verbose: bool,
+    /// Rank 0 writes the metrics; other ranks only report to the callback.
+    write: bool,
     metrics: PathBuf,
     steps: usize,
     on_event: &'a mut dyn FnMut(&Event),
@@ -351,7 +412,9 @@ struct Output<'a> {
 impl Output<'_> {
     /// Records an evaluation everywhere and hands it back.
     fn eval(&mut self, r: Record) -> Result<Record> {
-        metrics::append(&self.metrics, &r)?;
+        if self.write {
+            metrics::append(&self.metrics, &r)?;
+        }
         if self.verbose {
             let line = format!(
                 "step {:>5}/{}: train loss {:.4}, val loss {:.4}",

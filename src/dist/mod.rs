@@ -32,4 +32,4 @@ pub use config::{first_host, DistConfig, DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT};
 pub use ddp::{Ddp, DdpConfig, NoSync, DEFAULT_BUCKET_BYTES};
 pub use group::{ProcessGroup, ReduceOp, Work};
 pub use sampler::DistributedSampler;
-pub use zero::{ShardedMemory, Zero1};
+pub use zero::{clip_sharded_grad_norm, ShardedMemory, Zero1};

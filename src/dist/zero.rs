@@ -116,12 +116,34 @@ impl<O: Optimizer> Zero1<O> {
     }
 }
 
-impl<O: Optimizer> Optimizer for Zero1<O> {
-    fn step(&mut self) -> Result<()> {
+impl<O: Optimizer> Zero1<O> {
+    /// The first half of `step`: each rank receives the average over ranks of its slice of the gradient
+    /// (collective). Between this and `apply` the slice can be clipped (`clip_sharded_grad_norm`).
+    pub fn reduce_gradients(&mut self) -> Result<()> {
         let grads = self.flatten(true)?;
         let mine = self.pg.reduce_scatter(&grads, ReduceOp::Avg)?;
         self.load_shard_from_params()?;
-        self.shard.set_grad(Some(mine))?;
+        self.shard.set_grad(Some(mine))
+    }
+
+    /// The sum of squares of this rank's reduced gradient slice (after `reduce_gradients`).
+    pub fn shard_grad_sq_sum(&self) -> Result<Tensor> {
+        let g = self.shard.grad().ok_or_else(|| Error::invalid("Zero1", "call reduce_gradients first"))?;
+        let wide = if g.dtype() == crate::DType::F64 { g } else { g.to_dtype(crate::DType::F32)? };
+        wide.mul(&wide)?.sum_all()?.to_dtype(crate::DType::F64)
+    }
+
+    /// Multiplies this rank's reduced gradient slice by `factor`.
+    pub fn scale_gradients(&self, factor: f64) -> Result<()> {
+        if let Some(g) = self.shard.grad() {
+            self.shard.set_grad(Some(g.mul_scalar(factor)?))?;
+        }
+        Ok(())
+    }
+
+    /// The second half of `step`: the wrapped optimizer updates this rank's slice, and the slices are
+    /// gathered into every replica's parameters (collective).
+    pub fn apply(&mut self) -> Result<()> {
         self.inner.step()?;
         self.shard.zero_grad();
         let gathered = self.pg.all_gather(&self.shard.detach())?.reshape(&[self.padded][..])?;
@@ -132,6 +154,38 @@ impl<O: Optimizer> Optimizer for Zero1<O> {
             offset += n;
         }
         Ok(())
+    }
+}
+
+/// Clips the gradient that `groups` hold, sharded over the ranks of `pg`, to `max_norm` by its global L2
+/// norm, as `clip_grad_norm` does for whole gradients (collective; call between `reduce_gradients` and
+/// `apply`). Returns the norm before clipping. The slices are disjoint and the padding is zero, so the
+/// norm is exactly the unsharded gradient's.
+pub fn clip_sharded_grad_norm<O: Optimizer>(pg: &ProcessGroup, groups: &[&Zero1<O>], max_norm: f64) -> Result<f64> {
+    if max_norm.is_nan() || max_norm < 0.0 {
+        return Err(Error::invalid("clip_sharded_grad_norm", format!("max_norm must be >= 0, got {max_norm}")));
+    }
+    let _ng = crate::NoGradGuard::new();
+    let mut local = 0.0;
+    for z in groups {
+        local += z.shard_grad_sq_sum()?.item()?;
+    }
+    let total = Tensor::from_vec(vec![local], &[1], crate::Device::Cpu)?;
+    pg.all_reduce(&total, ReduceOp::Sum)?;
+    let norm = total.item()?.sqrt();
+    if norm > max_norm {
+        let coef = max_norm / (norm + 1e-6);
+        for z in groups {
+            z.scale_gradients(coef)?;
+        }
+    }
+    Ok(norm)
+}
+
+impl<O: Optimizer> Optimizer for Zero1<O> {
+    fn step(&mut self) -> Result<()> {
+        self.reduce_gradients()?;
+        self.apply()
     }
     fn zero_grad(&self) {
         for (_, p) in &self.params {

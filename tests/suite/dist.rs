@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SCENARIO: &str = "MUNJA_TEST_DIST";
-const OUT: &str = "MUNJA_TEST_DIST_OUT";
+pub(crate) const SCENARIO: &str = "MUNJA_TEST_DIST";
+pub(crate) const OUT: &str = "MUNJA_TEST_DIST_OUT";
 const CPU: Device = Device::Cpu;
 const STEPS: usize = 5;
 const GLOBAL_BATCH: usize = 16;
@@ -209,20 +209,29 @@ fn collectives(pg: &ProcessGroup) -> Result<()> {
 
 // ---------- launching a job from a test ----------
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("munja-dist-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
-fn rank_command(rank: usize, world: usize, port: u16, scenario: &str, out: &Path) -> Command {
+/// Rank `rank` of a job of `world`: this test binary running the ignored test `worker` (a full path such
+/// as "dist::worker") with the launcher's variables set.
+pub(crate) fn rank_command_for(
+    worker: &str,
+    rank: usize,
+    world: usize,
+    port: u16,
+    scenario: &str,
+    out: &Path,
+) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["dist::worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+    c.args([worker, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", world.to_string())
         .env("LOCAL_RANK", rank.to_string())
@@ -237,8 +246,12 @@ fn rank_command(rank: usize, world: usize, port: u16, scenario: &str, out: &Path
     c
 }
 
+fn rank_command(rank: usize, world: usize, port: u16, scenario: &str, out: &Path) -> Command {
+    rank_command_for("dist::worker", rank, world, port, scenario, out)
+}
+
 /// Waits for every child, killing them all if any is still running after `limit`.
-fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<(Output, Duration)> {
+pub(crate) fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<(Output, Duration)> {
     let start = Instant::now();
     let mut done: Vec<Option<(Output, Duration)>> = children.iter().map(|_| None).collect();
     let mut children: Vec<Option<Child>> = children.into_iter().map(Some).collect();
@@ -262,7 +275,7 @@ fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<(Output, Duration)> {
     done.into_iter().map(|d| d.unwrap()).collect()
 }
 
-fn log(o: &Output) -> String {
+pub(crate) fn log(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 

@@ -5,7 +5,7 @@
 // The tests use only part of the program's API.
 #[allow(dead_code)]
 #[path = "../../examples/gpt/mod.rs"]
-mod example;
+pub(crate) mod example;
 
 use example::checkpoint::{self, load_for_inference};
 use example::config::TrainConfig;
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A fresh scratch directory per test (tests run in parallel threads of one process).
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("munja-gpt-example-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -29,14 +29,14 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// The first 20,000 characters of tiny Shakespeare, written into `dir`.
-fn corpus(dir: &Path) -> PathBuf {
+pub(crate) fn corpus(dir: &Path) -> PathBuf {
     let full = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt")).unwrap();
     let path = dir.join("data.txt");
     std::fs::write(&path, full.chars().take(20_000).collect::<String>()).unwrap();
     path
 }
 
-fn tiny_config(steps: usize, dropout: f64) -> TrainConfig {
+pub(crate) fn tiny_config(steps: usize, dropout: f64) -> TrainConfig {
     TrainConfig {
         preset: "test".into(),
         model: GptConfig { vocab_size: 0, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32, dropout, bias: true },
@@ -57,7 +57,7 @@ fn tiny_config(steps: usize, dropout: f64) -> TrainConfig {
     }
 }
 
-fn fresh(data: &Path, cfg: TrainConfig) -> Result<Trainer> {
+pub(crate) fn fresh(data: &Path, cfg: TrainConfig) -> Result<Trainer> {
     let text = std::fs::read_to_string(data).unwrap();
     let tok = Tok::new("char", Some(&text))?;
     let tokens = tok.get().encode(&text)?;
@@ -100,7 +100,7 @@ fn run(t: &mut Trainer, out: &Path, stop_after: Option<usize>) -> Result<(Outcom
     Ok((summary.outcome, log))
 }
 
-fn bits(t: &Tensor) -> Vec<u64> {
+pub(crate) fn bits(t: &Tensor) -> Vec<u64> {
     t.to_vec_f64().unwrap().into_iter().map(f64::to_bits).collect()
 }
 

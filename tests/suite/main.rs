@@ -8,6 +8,7 @@ mod errors;
 mod fixtures;
 mod gpt;
 mod gpt_example;
+mod gpt_parallel;
 mod gradcheck;
 mod io;
 mod mixed_precision;
