@@ -138,6 +138,12 @@ fn run() -> Result<()> {
             let (lo, hi) = (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max));
             println!("| {name} | {m:.2} | {lo:.2} | {hi:.2} | {:.0} |", tokens / (m / 1e3));
         }
+        let stats = wrapped.last_sync_stats();
+        println!(
+            "buckets started during backward: {} of {} (the rest at its end)",
+            stats.launched_during_backward,
+            stats.launched_during_backward + stats.launched_at_end
+        );
         println!("ddp_overhead_percent {:.2}", 100.0 * (mb / ma - 1.0));
     }
     Ok(())

@@ -50,6 +50,8 @@ fn run_end_callbacks(ok: bool) -> Result<()> {
     if !ok {
         return Ok(());
     }
+    // Like the pass itself, what runs at its end records no graph.
+    let _no_grad = NoGradGuard::new();
     for f in queued {
         f()?;
     }

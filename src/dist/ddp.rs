@@ -36,6 +36,15 @@ impl Default for DdpConfig {
     }
 }
 
+/// Where the last synchronised backward pass started its buckets' all-reduces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Started by a gradient hook while backward was still running: overlapped with the rest of it.
+    pub launched_during_backward: usize,
+    /// Started when backward had ended (buckets holding parameters that got no gradient in the pass).
+    pub launched_at_end: usize,
+}
+
 struct Bucket {
     params: Vec<Tensor>,
     dtype: DType,
@@ -51,6 +60,7 @@ struct Pass {
     launched: usize,
     in_flight: Vec<(usize, Work, Tensor)>,
     finish_queued: bool,
+    stats: SyncStats,
 }
 
 struct Shared {
@@ -61,6 +71,7 @@ struct Shared {
     sync_enabled: AtomicBool,
     config: DdpConfig,
     pass: Mutex<Pass>,
+    last_stats: Mutex<SyncStats>,
 }
 
 /// A Module replicated over the ranks of a ProcessGroup, with gradients averaged during backward.
@@ -108,6 +119,7 @@ impl<M: Module> Ddp<M> {
             sync_enabled: AtomicBool::new(config.sync_gradients),
             config,
             pass: Mutex::new(Pass::default()),
+            last_stats: Mutex::new(SyncStats::default()),
         });
         if config.sync_gradients {
             for p in &params {
@@ -141,6 +153,11 @@ impl<M: Module> Ddp<M> {
             .iter()
             .map(|b| b.params.iter().map(|p| p.numel()).sum::<usize>() * b.dtype.size_in_bytes())
             .collect()
+    }
+
+    /// How the last synchronised backward pass overlapped its all-reduces with backward.
+    pub fn last_sync_stats(&self) -> SyncStats {
+        *self.shared.last_stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Skips gradient synchronisation while the guard lives: backward passes accumulate local gradients,
@@ -209,6 +226,7 @@ fn on_gradient_ready(s: &Arc<Shared>, t: &Tensor) -> Result<()> {
     while pass.launched < s.buckets.len() && pass.ready[pass.launched] == s.buckets[pass.launched].params.len() {
         let next = pass.launched;
         launch(s, &mut pass, next)?;
+        pass.stats.launched_during_backward += 1;
     }
     Ok(())
 }
@@ -242,7 +260,9 @@ fn finish_pass(s: &Shared, id: u64) -> Result<()> {
     while pass.launched < s.buckets.len() {
         let next = pass.launched;
         launch(s, &mut pass, next)?;
+        pass.stats.launched_at_end += 1;
     }
+    *s.last_stats.lock().unwrap_or_else(|e| e.into_inner()) = pass.stats;
     let in_flight = std::mem::take(&mut pass.in_flight);
     *pass = Pass::default();
     drop(pass);

@@ -29,7 +29,7 @@ mod wire;
 mod zero;
 
 pub use config::{first_host, DistConfig, DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT};
-pub use ddp::{Ddp, DdpConfig, NoSync, DEFAULT_BUCKET_BYTES};
+pub use ddp::{Ddp, DdpConfig, NoSync, SyncStats, DEFAULT_BUCKET_BYTES};
 pub use group::{ProcessGroup, ReduceOp, Work};
 pub use sampler::DistributedSampler;
 pub use zero::{clip_sharded_grad_norm, ShardedMemory, Zero1};

@@ -548,6 +548,17 @@ fn one_process_group_is_the_identity_and_ddp_leaves_gradients_alone() -> Result<
     for ((n, a), (_, b)) in plain.named_parameters().iter().zip(wrapped.named_parameters()) {
         assert_eq!(a.grad().unwrap().to_vec::<f32>()?, b.grad().unwrap().to_vec::<f32>()?, "{n}");
     }
+    // Every bucket started from a hook, while backward was still running.
+    let buckets = wrapped.bucket_bytes().len();
+    let stats = wrapped.last_sync_stats();
+    assert_eq!((stats.launched_during_backward, stats.launched_at_end), (buckets, 0), "{stats:?}");
+    // A pass that leaves l2 without gradients: l2's buckets come first (reverse order of creation) and
+    // buckets start in order, so all of them start at the end, with zeros for l2.
+    wrapped.zero_grad();
+    wrapped.module().l1.forward(&x)?.sum_all()?.backward()?;
+    let stats = wrapped.last_sync_stats();
+    assert_eq!((stats.launched_during_backward, stats.launched_at_end), (0, buckets), "{stats:?}");
+    assert_eq!(wrapped.module().l2.weight.grad().unwrap().to_vec::<f32>()?, vec![0.0; 48]);
     Ok(())
 }
 
