@@ -384,6 +384,23 @@ fn a_rank_that_cannot_reach_the_master_fails_naming_the_address() {
     assert!(e.contains("[1, 2]"), "{e}");
 }
 
+#[test]
+fn ranks_that_disagree_on_the_world_size_fail_at_the_rendezvous() {
+    // Two "processes" as threads: the failure happens before any monitor could take the process down.
+    let port = free_port();
+    let join = std::thread::spawn(move || {
+        let mut c = DistConfig::new(1, 3, "127.0.0.1", port).unwrap();
+        c.timeout = Duration::from_secs(10);
+        ProcessGroup::init(&c, CPU).err().map(|e| e.to_string())
+    });
+    let mut c = DistConfig::new(0, 2, "127.0.0.1", port).unwrap();
+    c.timeout = Duration::from_secs(10);
+    let e = ProcessGroup::init(&c, CPU).err().expect("mismatched world sizes").to_string();
+    assert!(e.contains("rank 1") && e.contains("world size is 3"), "{e}");
+    let other = join.join().unwrap().expect("rank 1 must fail too");
+    assert!(other.contains("rank 1"), "{other}");
+}
+
 /// Starts a 3-rank all-reduce loop, then breaks rank 1 with `breaker`; every other rank must exit
 /// non-zero within 60 s with a message naming rank 1.
 fn check_fail_fast(name: &str, stall: bool, breaker: impl FnOnce(&mut Child)) {
