@@ -114,6 +114,19 @@ impl Storage {
             Storage::Cuda(c) => Ok(Storage::Cuda(cu::unary(c, l, op)?)),
         }
     }
+    /// `g · op(x)` for a derivative kernel `op`: fused into one pass on the CPU; on CUDA the derivative and
+    /// the product are two kernels. `g`'s layout has `l`'s shape; the result is contiguous.
+    pub fn unary_grad_mul(&self, l: &Layout, g: &Storage, gl: &Layout, op: UnaryOp) -> Result<Storage> {
+        const OP: &str = "unary_grad_mul";
+        match self {
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::unary_grad_mul(x, l, cpu_of(OP, g)?, gl, op)?)),
+            Storage::Cuda(x) => {
+                let d = cu::unary(x, l, op)?;
+                let gc = cu(OP, g, x.device())?;
+                Ok(Storage::Cuda(cu::binary(gc, gl, &d, &Layout::contiguous(l.shape()), BinaryOp::Mul)?))
+            }
+        }
+    }
     pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
         const OP: &str = "binary";
         match self {
@@ -170,6 +183,21 @@ impl Storage {
             Storage::Cuda(d) => {
                 let dev = d.device();
                 cu::copy_into(d, dl, cu(OP, src, dev)?, sl)
+            }
+        }
+    }
+    /// A contiguous buffer of `shape`, zero except the slice `start..start + len` of dim `d`, which holds
+    /// this storage viewed through `l` (the slice's shape): the gradient of `narrow`. The CPU writes it in
+    /// one pass instead of zero-filling the whole buffer and then copying the slice over.
+    pub fn zeros_with_narrow(&self, l: &Layout, shape: &[usize], d: usize, start: usize) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::zeros_with_narrow(s, l, shape, d, start))),
+            Storage::Cuda(_) => {
+                let n = shape.iter().product();
+                let mut z = Storage::full(self.device(), self.dtype(), n, 0.0)?;
+                let region = Layout::contiguous(shape).narrow(d, start, l.shape()[d]);
+                z.copy_into(&region, self, l)?;
+                Ok(z)
             }
         }
     }

@@ -23,6 +23,17 @@ impl Tensor {
         Ok(record(out, name, &[self], move |g| Ok(vec![Some(g.mul(&deriv(&x, &y)?)?)])))
     }
 
+    /// A unary op whose gradient `g * deriv(x)` is one fused kernel, `grad_op` being the derivative.
+    fn unary_fused_grad(&self, name: &'static str, op: UnaryOp, grad_op: UnaryOp) -> Result<Tensor> {
+        let out = self.unary_raw(op)?;
+        let x = self.clone();
+        Ok(record(out, name, &[self], move |g| {
+            // Backward runs without recording, so no graph through the derivative is lost by fusing.
+            let s = x.storage().unary_grad_mul(x.layout(), &g.storage(), g.layout(), grad_op)?;
+            Ok(vec![Some(Tensor::from_storage(s, x.dims()))])
+        }))
+    }
+
     pub fn neg(&self) -> Result<Tensor> {
         let out = self.unary_raw(UnaryOp::Neg)?;
         Ok(record(out, "neg", &[self], |g| Ok(vec![Some(g.neg()?)])))
@@ -58,14 +69,14 @@ impl Tensor {
     }
     /// GELU with the tanh approximation (GPT-2's `gelu_new`, PyTorch's `approximate="tanh"`).
     pub fn gelu(&self) -> Result<Tensor> {
-        self.unary_with("gelu", UnaryOp::GeluTanh, |x, _| x.unary_raw(UnaryOp::GeluTanhGrad))
+        self.unary_fused_grad("gelu", UnaryOp::GeluTanh, UnaryOp::GeluTanhGrad)
     }
     /// Exact GELU, x·Φ(x).
     pub fn gelu_erf(&self) -> Result<Tensor> {
-        self.unary_with("gelu_erf", UnaryOp::GeluErf, |x, _| x.unary_raw(UnaryOp::GeluErfGrad))
+        self.unary_fused_grad("gelu_erf", UnaryOp::GeluErf, UnaryOp::GeluErfGrad)
     }
     pub fn silu(&self) -> Result<Tensor> {
-        self.unary_with("silu", UnaryOp::Silu, |x, _| x.unary_raw(UnaryOp::SiluGrad))
+        self.unary_fused_grad("silu", UnaryOp::Silu, UnaryOp::SiluGrad)
     }
     /// x^p for a scalar exponent.
     pub fn powf(&self, p: f64) -> Result<Tensor> {

@@ -145,10 +145,8 @@ impl Tensor {
         let out = self.view_with(self.layout().narrow(d, start, len));
         let full = self.dims().to_vec();
         Ok(record(out, "narrow", &[self], move |g| {
-            let z = Tensor::zeros(&full, g.dtype(), g.device())?;
-            let region = Layout::contiguous(&full).narrow(d, start, len);
-            z.storage_mut().copy_into(&region, &g.storage(), g.layout())?;
-            Ok(vec![Some(z)])
+            let s = g.storage().zeros_with_narrow(g.layout(), &full, d, start)?;
+            Ok(vec![Some(Tensor::from_storage(s, &full))])
         }))
     }
 

@@ -1,11 +1,12 @@
 //! Elementwise kernels: unary maps, broadcasting binary maps, comparisons and `where`.
 
-use super::{any_map2, float_map, float_map2, CpuStorage, RowPlan, PAR_THRESHOLD};
+use super::{any_map2, fill_vec, float_map, float_map2, simd, CpuStorage, RowPlan, PAR_THRESHOLD};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::{Element, Real};
 use crate::shape::Layout;
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
@@ -17,12 +18,34 @@ fn sigmoid<T: Real>(x: T) -> T {
     T::ONE / (T::ONE + (-x).exp_fast())
 }
 
+#[inline(always)]
+fn gelu_tanh_grad<T: Real>(x: T) -> T {
+    let c = |v: f64| T::from_f64(v);
+    let (k0, k1, k3, half) = (c(SQRT_2_OVER_PI), c(GELU_C), c(3.0 * GELU_C), c(0.5));
+    let t = (k0 * (x + k1 * x * x * x)).tanh_fast();
+    let dinner = k0 * (T::ONE + k3 * x * x);
+    half * (T::ONE + t) + half * x * (T::ONE - t * t) * dinner
+}
+
+#[inline(always)]
+fn gelu_erf_grad<T: Real>(x: T) -> T {
+    let c = |v: f64| T::from_f64(v);
+    let (half, inv_sqrt2, inv_sqrt2pi) = (c(0.5), c(INV_SQRT_2), c(INV_SQRT_2PI));
+    half * (T::ONE + (x * inv_sqrt2).erf()) + x * inv_sqrt2pi * (-half * x * x).exp()
+}
+
+#[inline(always)]
+fn silu_grad<T: Real>(x: T) -> T {
+    let s = sigmoid(x);
+    s * (T::ONE + x * (T::ONE - s))
+}
+
 /// Runs a unary op over a view. The op is matched once, outside the loop, so each arm's loop is a
 /// separate monomorphised kernel with no per-element branch and can vectorise.
 fn unary_typed<T: Real>(v: &[T], l: &Layout, op: UnaryOp) -> Vec<T> {
     let c = |x: f64| T::from_f64(x);
-    let (k0, k1, k3) = (c(SQRT_2_OVER_PI), c(GELU_C), c(3.0 * GELU_C));
-    let (half, inv_sqrt2, inv_sqrt2pi) = (c(0.5), c(INV_SQRT_2), c(INV_SQRT_2PI));
+    let (k0, k1) = (c(SQRT_2_OVER_PI), c(GELU_C));
+    let (half, inv_sqrt2) = (c(0.5), c(INV_SQRT_2));
     match op {
         UnaryOp::Neg => map1(v, l, |x: T| -x),
         UnaryOp::Exp => map1(v, l, |x: T| x.exp_fast()),
@@ -49,18 +72,9 @@ fn unary_typed<T: Real>(v: &[T], l: &Layout, op: UnaryOp) -> Vec<T> {
         }),
         UnaryOp::GeluErf => map1(v, l, move |x: T| half * x * (T::ONE + (x * inv_sqrt2).erf())),
         UnaryOp::Silu => map1(v, l, |x: T| x * sigmoid(x)),
-        UnaryOp::GeluTanhGrad => map1(v, l, move |x: T| {
-            let t = (k0 * (x + k1 * x * x * x)).tanh_fast();
-            let dinner = k0 * (T::ONE + k3 * x * x);
-            half * (T::ONE + t) + half * x * (T::ONE - t * t) * dinner
-        }),
-        UnaryOp::GeluErfGrad => {
-            map1(v, l, move |x: T| half * (T::ONE + (x * inv_sqrt2).erf()) + x * inv_sqrt2pi * (-half * x * x).exp())
-        }
-        UnaryOp::SiluGrad => map1(v, l, |x: T| {
-            let s = sigmoid(x);
-            s * (T::ONE + x * (T::ONE - s))
-        }),
+        UnaryOp::GeluTanhGrad => map1(v, l, gelu_tanh_grad),
+        UnaryOp::GeluErfGrad => map1(v, l, gelu_erf_grad),
+        UnaryOp::SiluGrad => map1(v, l, silu_grad),
         UnaryOp::Powf(p) => {
             let p = c(p);
             map1(v, l, move |x: T| x.powf(p))
@@ -116,53 +130,43 @@ fn binary_name(op: BinaryOp) -> &'static str {
 
 /// `dst[i] = f(src[i])`, compiled for AVX-512 where the CPU has it (the portable build assumes SSE2).
 #[inline(always)]
-fn apply1<T: Copy, F: Fn(T) -> T>(src: &[T], dst: &mut [T], f: F) {
+fn apply1<T: Copy, F: Fn(T) -> T>(src: &[T], dst: &mut [MaybeUninit<T>], f: F) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = f(x);
+        d.write(f(x));
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-fn apply1_avx512<T: Copy, F: Fn(T) -> T>(src: &[T], dst: &mut [T], f: F) {
-    apply1(src, dst, f)
-}
-
-fn apply1_dispatch<T: Copy, F: Fn(T) -> T>(src: &[T], dst: &mut [T], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-    {
-        // SAFETY: the features were detected at run time.
-        return unsafe { apply1_avx512(src, dst, f) };
-    }
-    apply1(src, dst, f)
+fn apply1_dispatch<T: Copy, F: Fn(T) -> T>(src: &[T], dst: &mut [MaybeUninit<T>], f: F) {
+    simd(
+        #[inline(always)]
+        || apply1(src, dst, f),
+    )
 }
 
 fn map1<T: Real>(v: &[T], layout: &Layout, f: impl Fn(T) -> T + Sync + Copy) -> Vec<T> {
-    let mut out = vec![T::ZERO; layout.numel()];
     if let Some(r) = layout.contiguous_range() {
         let src = &v[r];
-        if src.len() >= PAR_THRESHOLD {
-            out.par_chunks_mut(8192).zip(src.par_chunks(8192)).for_each(|(d, s)| apply1_dispatch(s, d, f));
-        } else {
-            apply1_dispatch(src, &mut out, f);
-        }
-        return out;
+        return fill_vec(src.len(), |out| {
+            if src.len() >= PAR_THRESHOLD {
+                out.par_chunks_mut(8192).zip(src.par_chunks(8192)).for_each(|(d, s)| apply1_dispatch(s, d, f));
+            } else {
+                apply1_dispatch(src, out, f);
+            }
+        });
     }
     let plan = RowPlan::new([layout]);
     let s = plan.inner_strides[0];
-    plan.for_each_out(&mut out, |[o], row| {
-        if s == 1 {
-            apply1_dispatch(&v[o..o + row.len()], row, f);
-        } else {
-            for (j, y) in row.iter_mut().enumerate() {
-                *y = f(v[o + j * s]);
+    fill_vec(layout.numel(), |out| {
+        plan.for_each_out(out, |[o], row| {
+            if s == 1 {
+                apply1_dispatch(&v[o..o + row.len()], row, f);
+            } else {
+                for (j, y) in row.iter_mut().enumerate() {
+                    y.write(f(v[o + j * s]));
+                }
             }
-        }
-    });
-    out
+        })
+    })
 }
 
 /// A unary op over a strided view, giving a contiguous result.
@@ -170,8 +174,33 @@ pub fn unary(s: &CpuStorage, layout: &Layout, op: UnaryOp) -> Result<CpuStorage>
     Ok(float_map!(unary_name(op), s, |v| unary_typed(v, layout, op)))
 }
 
+/// `g · d(x)` where `d` is the derivative kernel `op` (GeluTanhGrad, GeluErfGrad, SiluGrad): one pass
+/// and one output instead of a derivative tensor and then a product (the GELU backward of a GPT block).
+/// Other ops take those two passes. Both layouts have the same shape; the result is contiguous.
+pub fn unary_grad_mul(x: &CpuStorage, lx: &Layout, g: &CpuStorage, lg: &Layout, op: UnaryOp) -> Result<CpuStorage> {
+    fn go<T: Real>(x: &[T], lx: &Layout, g: &[T], lg: &Layout, op: UnaryOp) -> Vec<T> {
+        match op {
+            UnaryOp::GeluTanhGrad => map2(x, lx, g, lg, |x: T, g: T| g * gelu_tanh_grad(x)),
+            UnaryOp::GeluErfGrad => map2(x, lx, g, lg, |x: T, g: T| g * gelu_erf_grad(x)),
+            UnaryOp::SiluGrad => map2(x, lx, g, lg, |x: T, g: T| g * silu_grad(x)),
+            _ => {
+                let d = unary_typed(x, lx, op);
+                map2(g, lg, &d, &Layout::contiguous(lx.shape()), |g: T, d: T| g * d)
+            }
+        }
+    }
+    if matches!(x, CpuStorage::BF16(_) | CpuStorage::F16(_)) {
+        // Half types keep the two roundings of the unfused path (derivative, then product): fusing them
+        // moved the bf16 tiny-GPT run of tests/suite/mixed_precision.rs from a 0.014 loss gap to f32 to
+        // 0.14 (Adam's first steps follow the gradient's sign, so near-zero gradients amplify rounding).
+        let d = unary(x, lx, op)?;
+        return binary(g, lg, &d, &Layout::contiguous(lx.shape()), BinaryOp::Mul);
+    }
+    Ok(float_map2!(unary_name(op), x, g, |a, b| go(a, lx, b, lg, op)))
+}
+
 /// Applies `f` to two views of one shape, writing a contiguous result.
-pub fn map2<A: Copy + Sync, R: Copy + Send + Default>(
+pub fn map2<A: Copy + Sync, R: Copy + Send>(
     a: &[A],
     la: &Layout,
     b: &[A],
@@ -179,37 +208,40 @@ pub fn map2<A: Copy + Sync, R: Copy + Send + Default>(
     f: impl Fn(A, A) -> R + Sync + Copy,
 ) -> Vec<R> {
     let plan = RowPlan::new([la, lb]);
-    let mut out = vec![R::default(); la.numel()];
     let [sa, sb] = plan.inner_strides;
-    plan.for_each_out(&mut out, |[oa, ob], row| {
-        let n = row.len();
-        // Specialised inner loops let the compiler vectorise the common contiguous and scalar cases.
-        match (sa, sb) {
-            (1, 1) => {
-                for ((y, &x), &z) in row.iter_mut().zip(&a[oa..oa + n]).zip(&b[ob..ob + n]) {
-                    *y = f(x, z);
-                }
-            }
-            (1, 0) => {
-                let z = b[ob];
-                for (y, &x) in row.iter_mut().zip(&a[oa..oa + n]) {
-                    *y = f(x, z);
-                }
-            }
-            (0, 1) => {
-                let x = a[oa];
-                for (y, &z) in row.iter_mut().zip(&b[ob..ob + n]) {
-                    *y = f(x, z);
-                }
-            }
-            _ => {
-                for (j, y) in row.iter_mut().enumerate() {
-                    *y = f(a[oa + j * sa], b[ob + j * sb]);
-                }
-            }
-        }
-    });
-    out
+    fill_vec(la.numel(), |out| {
+        plan.for_each_out(out, |[oa, ob], row| {
+            let n = row.len();
+            // Specialised inner loops let the compiler vectorise the common contiguous and scalar cases.
+            simd(
+                #[inline(always)]
+                || match (sa, sb) {
+                    (1, 1) => {
+                        for ((y, &x), &z) in row.iter_mut().zip(&a[oa..oa + n]).zip(&b[ob..ob + n]) {
+                            y.write(f(x, z));
+                        }
+                    }
+                    (1, 0) => {
+                        let z = b[ob];
+                        for (y, &x) in row.iter_mut().zip(&a[oa..oa + n]) {
+                            y.write(f(x, z));
+                        }
+                    }
+                    (0, 1) => {
+                        let x = a[oa];
+                        for (y, &z) in row.iter_mut().zip(&b[ob..ob + n]) {
+                            y.write(f(x, z));
+                        }
+                    }
+                    _ => {
+                        for (j, y) in row.iter_mut().enumerate() {
+                            y.write(f(a[oa + j * sa], b[ob + j * sb]));
+                        }
+                    }
+                },
+            )
+        })
+    })
 }
 
 fn binary_typed<T: Real>(a: &[T], la: &Layout, b: &[T], lb: &Layout, op: BinaryOp) -> Vec<T> {
@@ -286,14 +318,42 @@ pub fn where_cond(
         lb: &Layout,
     ) -> Vec<T> {
         let plan = RowPlan::new([lm, la, lb]);
-        let mut out = vec![T::default(); lm.numel()];
         let [sm, sa, sb] = plan.inner_strides;
-        plan.for_each_out(&mut out, |[om, oa, ob], row| {
-            for (j, y) in row.iter_mut().enumerate() {
-                *y = if m[om + j * sm] != 0 { a[oa + j * sa] } else { b[ob + j * sb] };
-            }
-        });
-        out
+        fill_vec(lm.numel(), |out| {
+            plan.for_each_out(out, |[om, oa, ob], row| {
+                let n = row.len();
+                // masked_fill is a contiguous mask with a scalar on one side; slices rather than strided
+                // indexing let that case (and the all-contiguous one) vectorise as a select.
+                simd(
+                    #[inline(always)]
+                    || match (sm, sa, sb) {
+                        (1, 0, 1) => {
+                            let x = a[oa];
+                            for ((y, &mv), &z) in row.iter_mut().zip(&m[om..om + n]).zip(&b[ob..ob + n]) {
+                                y.write(if mv != 0 { x } else { z });
+                            }
+                        }
+                        (1, 1, 0) => {
+                            let z = b[ob];
+                            for ((y, &mv), &x) in row.iter_mut().zip(&m[om..om + n]).zip(&a[oa..oa + n]) {
+                                y.write(if mv != 0 { x } else { z });
+                            }
+                        }
+                        (1, 1, 1) => {
+                            let it = row.iter_mut().zip(&m[om..om + n]).zip(&a[oa..oa + n]).zip(&b[ob..ob + n]);
+                            for (((y, &mv), &x), &z) in it {
+                                y.write(if mv != 0 { x } else { z });
+                            }
+                        }
+                        _ => {
+                            for (j, y) in row.iter_mut().enumerate() {
+                                y.write(if m[om + j * sm] != 0 { a[oa + j * sa] } else { b[ob + j * sb] });
+                            }
+                        }
+                    },
+                )
+            })
+        })
     }
     Ok(any_map2!("where", a, b, |x, y| go(m, lm, x, la, y, lb)))
 }

@@ -2,11 +2,13 @@
 //! Statistics are kept in the compute type (f32, or f64 for f64 tensors) so bf16 models keep precise
 //! normalisation and the backward pass reuses them instead of recomputing.
 
-use super::{CpuStorage, PAR_THRESHOLD};
+use super::softmax::{exp_masked, lane_sum, row_max};
+use super::{fill_vec, simd, CpuStorage, PAR_THRESHOLD};
 use crate::dtype::Real;
 use crate::{DType, Error, Result};
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 /// A float storage viewed in its compute type.
 pub enum Wide<'a> {
@@ -67,35 +69,63 @@ fn norm_fwd<T: Real>(
     rms: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len().checked_div(n).unwrap_or(0);
-    let mut y = vec![T::ZERO; x.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
-    let f = |((yr, xr), (m, r)): ((&mut [T], &[T]), (&mut T, &mut T))| {
-        let mu = if rms { 0.0 } else { xr.iter().map(|v| v.to_f64()).sum::<f64>() / n as f64 };
-        let var = xr.iter().map(|v| (v.to_f64() - mu).powi(2)).sum::<f64>() / n as f64;
-        let rs = 1.0 / (var + eps).sqrt();
-        *m = T::from_f64(mu);
-        *r = T::from_f64(rs);
-        let (mu, rs) = (T::from_f64(mu), T::from_f64(rs));
-        for (j, (o, &v)) in yr.iter_mut().zip(xr).enumerate() {
-            let mut h = (v - mu) * rs;
-            if let Some(w) = w {
-                h = h * w[j];
-            }
-            if let Some(b) = b {
-                h += b[j];
-            }
-            *o = h;
-        }
-    };
     if n == 0 {
-        return (y, mean, rstd);
+        return (vec![], mean, rstd);
     }
-    if x.len() >= PAR_THRESHOLD {
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(f);
-    } else {
-        y.chunks_mut(n).zip(x.chunks(n)).zip(mean.iter_mut().zip(rstd.iter_mut())).for_each(f);
-    }
+    // Two passes over the row (mean, then squared deviations: no cancellation), each in independent lanes
+    // so they vectorise; the row stays in L1 between passes.
+    let inv_n = T::from_f64(1.0 / n as f64);
+    let eps = T::from_f64(eps);
+    let f = |((yr, xr), (m, r)): ((&mut [MaybeUninit<T>], &[T]), (&mut T, &mut T))| {
+        simd(
+            #[inline(always)]
+            || {
+                let mu = if rms { T::ZERO } else { lane_sum([xr], |[v]| v) * inv_n };
+                let var = lane_sum([xr], |[v]| (v - mu) * (v - mu)) * inv_n;
+                let rs = T::ONE / (var + eps).sqrt();
+                *m = mu;
+                *r = rs;
+                match (w, b) {
+                    (Some(w), Some(b)) => {
+                        for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                            o.write((v - mu) * rs * wv + bv);
+                        }
+                    }
+                    (Some(w), None) => {
+                        for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                            o.write((v - mu) * rs * wv);
+                        }
+                    }
+                    (None, Some(b)) => {
+                        for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                            o.write((v - mu) * rs + bv);
+                        }
+                    }
+                    (None, None) => {
+                        for (o, &v) in yr.iter_mut().zip(xr) {
+                            o.write((v - mu) * rs);
+                        }
+                    }
+                }
+            },
+        )
+    };
+    let y = fill_vec(x.len(), |y| {
+        if x.len() >= PAR_THRESHOLD {
+            // Blocks of rows per task: rows of a few hundred elements are too short to schedule one by one.
+            let rb = (4096 / n).max(1);
+            y.par_chunks_mut(rb * n)
+                .zip(x.par_chunks(rb * n))
+                .zip(mean.par_chunks_mut(rb).zip(rstd.par_chunks_mut(rb)))
+                .for_each(|((yb, xb), (mb, rsb))| {
+                    yb.chunks_mut(n).zip(xb.chunks(n)).zip(mb.iter_mut().zip(rsb.iter_mut())).for_each(f)
+                });
+        } else {
+            y.chunks_mut(n).zip(x.chunks(n)).zip(mean.iter_mut().zip(rstd.iter_mut())).for_each(f);
+        }
+    });
     (y, mean, rstd)
 }
 
@@ -134,59 +164,86 @@ fn norm_bwd<T: Real>(
     n: usize,
     rms: bool,
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
-    let mut gx = vec![T::ZERO; x.len()];
     if n == 0 {
-        return (gx, vec![], vec![]);
+        return (vec![T::ZERO; x.len()], vec![], vec![]);
     }
+    let inv_n = T::from_f64(1.0 / n as f64);
+    // Weight and bias gradients are column sums over rows. They accumulate in the compute type for up to
+    // FLUSH rows (short vectorised runs), then into f64, so long batches keep full precision.
+    const FLUSH: usize = 16;
     // Each task handles a block of rows and returns its partial sums for the weight and bias gradients.
-    let block = |(bi, gxb): (usize, &mut [T])| -> (Vec<f64>, Vec<f64>) {
-        let rows = gxb.len() / n;
-        let (mut gw, mut gb) = (vec![0f64; n], vec![0f64; n]);
-        for r in 0..rows {
-            let row = bi + r;
-            let (xr, gr) = (&x[row * n..(row + 1) * n], &g[row * n..(row + 1) * n]);
-            let (mu, rs) = (mean[row], rstd[row]);
-            let (mut sum_d, mut sum_dh) = (0f64, 0f64);
-            for j in 0..n {
-                let h = (xr[j] - mu) * rs;
-                let d = match w {
-                    Some(w) => gr[j] * w[j],
-                    None => gr[j],
-                };
-                sum_d += d.to_f64();
-                sum_dh += (d * h).to_f64();
-                gw[j] += (gr[j] * h).to_f64();
-                gb[j] += gr[j].to_f64();
-            }
-            let mean_d = if rms { T::ZERO } else { T::from_f64(sum_d / n as f64) };
-            let mean_dh = T::from_f64(sum_dh / n as f64);
-            let out = &mut gxb[r * n..(r + 1) * n];
-            for j in 0..n {
-                let h = (xr[j] - mu) * rs;
-                let d = match w {
-                    Some(w) => gr[j] * w[j],
-                    None => gr[j],
-                };
-                out[j] = rs * (d - mean_d - h * mean_dh);
-            }
-        }
-        (gw, gb)
+    let block = |(bi, gxb): (usize, &mut [MaybeUninit<T>])| -> (Vec<f64>, Vec<f64>) {
+        simd(
+            #[inline(always)]
+            || {
+                let rows = gxb.len() / n;
+                let (mut gw, mut gb) = (vec![0f64; n], vec![0f64; n]);
+                let (mut pw, mut pb) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+                for r in 0..rows {
+                    let row = bi + r;
+                    let (xr, gr) = (&x[row * n..(row + 1) * n], &g[row * n..(row + 1) * n]);
+                    let (mu, rs) = (mean[row], rstd[row]);
+                    let out = &mut gxb[r * n..(r + 1) * n];
+                    // d = g·w (or g): the gradient reaching the normalised value h.
+                    let (sum_d, sum_dh) = match w {
+                        Some(w) => (
+                            if rms { T::ZERO } else { lane_sum([gr, w], |[g, w]| g * w) },
+                            lane_sum([gr, w, xr], |[g, w, x]| g * w * ((x - mu) * rs)),
+                        ),
+                        None => (
+                            if rms { T::ZERO } else { lane_sum([gr], |[g]| g) },
+                            lane_sum([gr, xr], |[g, x]| g * ((x - mu) * rs)),
+                        ),
+                    };
+                    for (((pw, pb), &xv), &gv) in pw.iter_mut().zip(pb.iter_mut()).zip(xr).zip(gr) {
+                        *pw += gv * ((xv - mu) * rs);
+                        *pb += gv;
+                    }
+                    let mean_d = sum_d * inv_n;
+                    let mean_dh = sum_dh * inv_n;
+                    match w {
+                        Some(w) => {
+                            for (((o, &xv), &gv), &wv) in out.iter_mut().zip(xr).zip(gr).zip(w) {
+                                o.write(rs * (gv * wv - mean_d - (xv - mu) * rs * mean_dh));
+                            }
+                        }
+                        None => {
+                            for ((o, &xv), &gv) in out.iter_mut().zip(xr).zip(gr) {
+                                o.write(rs * (gv - mean_d - (xv - mu) * rs * mean_dh));
+                            }
+                        }
+                    }
+                    if (r + 1) % FLUSH == 0 || r + 1 == rows {
+                        for (((a, b), p), q) in gw.iter_mut().zip(gb.iter_mut()).zip(pw.iter_mut()).zip(pb.iter_mut()) {
+                            *a += p.to_f64();
+                            *b += q.to_f64();
+                            *p = T::ZERO;
+                            *q = T::ZERO;
+                        }
+                    }
+                }
+                (gw, gb)
+            },
+        )
     };
     let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
         a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
         b.iter_mut().zip(d).for_each(|(x, y)| *x += y);
         (a, b)
     };
-    let rows_per_block = (PAR_THRESHOLD / n).max(1);
-    let (gw, gb) = if x.len() >= PAR_THRESHOLD {
-        gx.par_chunks_mut(rows_per_block * n)
-            .enumerate()
-            .map(|(i, c)| block((i * rows_per_block, c)))
-            .reduce(|| (vec![0f64; n], vec![0f64; n]), add)
-    } else {
-        block((0, &mut gx))
-    };
-    (gx, gw, gb)
+    let rows_per_block = (PAR_THRESHOLD / 4 / n).max(1);
+    let mut sums = (vec![], vec![]);
+    let gx = fill_vec(x.len(), |gx| {
+        sums = if x.len() >= PAR_THRESHOLD {
+            gx.par_chunks_mut(rows_per_block * n)
+                .enumerate()
+                .map(|(i, c)| block((i * rows_per_block, c)))
+                .reduce(|| (vec![0f64; n], vec![0f64; n]), add)
+        } else {
+            block((0, gx))
+        };
+    });
+    (gx, sums.0, sums.1)
 }
 
 /// Backward of `norm_forward` given the saved statistics and the output gradient `g`.
@@ -242,9 +299,14 @@ fn ce_fwd<T: Real>(x: &[T], t: &[i64], c: usize, ignore: i64) -> Vec<T> {
         if tv == ignore {
             return T::ZERO;
         }
-        let max = row.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f64 = row.iter().map(|&v| (v - max).exp().to_f64()).sum();
-        T::from_f64(sum.ln() + max.to_f64() - row[tv as usize].to_f64())
+        simd(
+            #[inline(always)]
+            || {
+                let max = row_max(row);
+                let sum = lane_sum([row], |[v]| exp_masked(v - max));
+                sum.ln() + max - row[tv as usize]
+            },
+        )
     };
     if x.len() >= PAR_THRESHOLD {
         x.par_chunks(c).zip(t.par_iter()).map(f).collect()
@@ -262,25 +324,35 @@ pub fn cross_entropy_forward(logits: &CpuStorage, targets: &[i64], c: usize, ign
 
 #[allow(clippy::type_complexity)]
 fn ce_bwd<T: Real>(x: &[T], t: &[i64], gr: &[T], c: usize, ignore: i64) -> Vec<T> {
-    let mut out = vec![T::ZERO; x.len()];
-    let f = |((o, row), (&tv, &g)): ((&mut [T], &[T]), (&i64, &T))| {
+    let f = |((o, row), (&tv, &g)): ((&mut [MaybeUninit<T>], &[T]), (&i64, &T))| {
         if tv == ignore {
+            o.iter_mut().for_each(|v| {
+                v.write(T::ZERO);
+            });
             return;
         }
-        let max = row.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f64 = row.iter().map(|&v| (v - max).exp().to_f64()).sum();
-        let inv = T::from_f64(1.0 / sum);
-        for (oj, &v) in o.iter_mut().zip(row) {
-            *oj = (v - max).exp() * inv * g;
-        }
-        o[tv as usize] = o[tv as usize] - g;
+        simd(
+            #[inline(always)]
+            || {
+                let max = row_max(row);
+                let sum = lane_sum([row], |[v]| exp_masked(v - max));
+                let scale = g / sum;
+                for (oj, &v) in o.iter_mut().zip(row) {
+                    oj.write(exp_masked(v - max) * scale);
+                }
+            },
+        );
+        // SAFETY: the loop above wrote the whole row.
+        let at = unsafe { o[tv as usize].assume_init() };
+        o[tv as usize].write(at - g);
     };
-    if x.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(c).zip(x.par_chunks(c)).zip(t.par_iter().zip(gr.par_iter())).for_each(f);
-    } else {
-        out.chunks_mut(c).zip(x.chunks(c)).zip(t.iter().zip(gr.iter())).for_each(f);
-    }
-    out
+    fill_vec(x.len(), |out| {
+        if x.len() >= PAR_THRESHOLD {
+            out.par_chunks_mut(c).zip(x.par_chunks(c)).zip(t.par_iter().zip(gr.par_iter())).for_each(f);
+        } else {
+            out.chunks_mut(c).zip(x.chunks(c)).zip(t.iter().zip(gr.iter())).for_each(f);
+        }
+    })
 }
 
 /// Gradient of the per-row cross-entropy with respect to the logits: (softmax − onehot)·g_row.

@@ -73,18 +73,21 @@ pub fn gather_strided<T: Copy + Send + Sync + Default>(src: &[T], layout: &Layou
         return src[r].to_vec();
     }
     let plan = RowPlan::new([layout]);
-    let mut out = vec![T::default(); layout.numel()];
     let s = plan.inner_strides[0];
-    plan.for_each_out(&mut out, |[o], row| {
-        if s == 1 {
-            row.copy_from_slice(&src[o..o + row.len()]);
-        } else {
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = src[o + j * s];
+    super::fill_vec(layout.numel(), |out| {
+        plan.for_each_out(out, |[o], row| {
+            let n = row.len();
+            if s == 1 {
+                for (x, &v) in row.iter_mut().zip(&src[o..o + n]) {
+                    x.write(v);
+                }
+            } else {
+                for (j, x) in row.iter_mut().enumerate() {
+                    x.write(src[o + j * s]);
+                }
             }
-        }
-    });
-    out
+        })
+    })
 }
 
 /// A contiguous copy of a strided view.
@@ -118,6 +121,40 @@ pub fn copy_into(dst: &mut CpuStorage, dst_layout: &Layout, src: &CpuStorage, sr
         (d, s) => return Err(Error::DType { op: "copy_into", expected: d.dtype(), got: s.dtype() }),
     }
     Ok(())
+}
+
+/// A contiguous buffer of `shape`, zero except the slice `start..start + len` of dim `d`, which holds
+/// `src` viewed through `l` (of the slice's shape). Each outer block is written once: zeros, the slice's
+/// rows, zeros.
+pub fn zeros_with_narrow(src: &CpuStorage, l: &Layout, shape: &[usize], d: usize, start: usize) -> CpuStorage {
+    fn go<T: Copy + Send + Sync + Default>(v: &[T], l: &Layout, shape: &[usize], d: usize, start: usize) -> Vec<T> {
+        let src = contiguous_slice(v, l);
+        let (size, len) = (shape[d], l.shape()[d]);
+        let inner: usize = shape[d + 1..].iter().product();
+        let numel: usize = shape.iter().product();
+        let (blk, a, b) = (size * inner, start * inner, (start + len) * inner);
+        super::fill_vec(numel, |out| {
+            if numel == 0 {
+                return;
+            }
+            let f = |(o, row): (usize, &mut [std::mem::MaybeUninit<T>])| {
+                let (head, rest) = row.split_at_mut(a);
+                let (mid, tail) = rest.split_at_mut(b - a);
+                head.iter_mut().chain(tail.iter_mut()).for_each(|x| {
+                    x.write(T::default());
+                });
+                for (x, &s) in mid.iter_mut().zip(&src[o * (b - a)..(o + 1) * (b - a)]) {
+                    x.write(s);
+                }
+            };
+            if numel >= PAR_THRESHOLD {
+                out.par_chunks_mut(blk).enumerate().for_each(f);
+            } else {
+                out.chunks_mut(blk).enumerate().for_each(f);
+            }
+        })
+    }
+    any_map!(src, |v| go(v, l, shape, d, start))
 }
 
 /// A contiguous copy of a strided view converted to another dtype.
