@@ -6,6 +6,7 @@
 #
 # Usage: benches/compare/run.sh            (PyTorch from /work/torchenv, or PYTHON=/path/to/python)
 #        THREADS=4 benches/compare/run.sh  (another thread count for both sides)
+#        ONLY=sgemm_1024 benches/compare/run.sh  (some workloads only)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -55,6 +56,10 @@ workloads=(
     mlp_train_step_b128
     char_gpt_train_step
 )
+# ONLY="sgemm_1024 ..." compares just those (a workload alone is less exposed to drift across the table).
+if [[ -n "${ONLY:-}" ]]; then
+    read -r -a workloads <<< "$ONLY"
+fi
 
 torch_version="$("$python" -c 'import torch; print(torch.__version__)')"
 printf '%s, PyTorch %s, %s threads, %s\n' "$(rustc --version)" "$torch_version" "$threads" \
