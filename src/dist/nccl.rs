@@ -38,7 +38,7 @@ pub(crate) fn unique_id() -> Result<Vec<u8>> {
 
 /// An in-flight collective, for the watchdog.
 struct InFlight {
-    done: CudaEvent,
+    done: Arc<CudaEvent>,
     since: Instant,
     what: &'static str,
 }
@@ -57,7 +57,7 @@ unsafe impl Sync for Nccl {}
 
 /// Where a collective's result will be: the compute stream must wait on `done` before using it.
 pub(crate) struct CudaWork {
-    done: CudaEvent,
+    done: Arc<CudaEvent>,
     dev: Arc<CudaDevice>,
     /// Keeps the buffers alive (out of the allocator's free lists) until the compute stream waits.
     _keep: Vec<Tensor>,
@@ -134,10 +134,9 @@ impl Nccl {
         self.dev.bind()?;
         self.side.join(self.dev.stream()).map_err(|e| self.dev.err(what, e))?;
         enqueue(self.comm, self.side.cu_stream() as sys::cudaStream_t)?;
-        let done = self.side.record_event(None).map_err(|e| self.dev.err(what, e))?;
-        let watch = self.side.record_event(None).map_err(|e| self.dev.err(what, e))?;
+        let done = Arc::new(self.side.record_event(None).map_err(|e| self.dev.err(what, e))?);
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).push_back(InFlight {
-            done: watch,
+            done: done.clone(),
             since: Instant::now(),
             what,
         });

@@ -86,13 +86,7 @@ impl TcpMesh {
     fn recv(&mut self, from: usize, out: &mut [u8], what: &str) -> Result<()> {
         let (me, seq, timeout) = (self.rank, self.seq, self.timeout);
         let r = &mut self.peers[from].as_mut().expect("a link to every peer").reader;
-        recv_on(r, seq, out).map_err(|e| match e {
-            Mismatch::Io(e) => peer_error(me, from, what, &e, timeout),
-            Mismatch::Header(detail) => Error::invalid(
-                "dist",
-                format!("rank {me}: rank {from} is in a different collective than {what}: {detail}"),
-            ),
-        })
+        recv_on(r, seq, out).map_err(|e| e.into_error(me, from, what, timeout))
     }
 
     /// Sends `out` to `to` while receiving `into` from `from`, concurrently: in a ring every rank sends
@@ -115,13 +109,7 @@ impl TcpMesh {
             let sender = s.spawn(move || send_on(w, seq, out));
             let received = recv_on(r, seq, into);
             let sent = sender.join().unwrap_or_else(|_| Err(std::io::Error::other("sender thread panicked")));
-            received.map_err(|e| match e {
-                Mismatch::Io(e) => peer_error(me, from, what, &e, timeout),
-                Mismatch::Header(d) => Error::invalid(
-                    "dist",
-                    format!("rank {me}: rank {from} is in a different collective than {what}: {d}"),
-                ),
-            })?;
+            received.map_err(|e| e.into_error(me, from, what, timeout))?;
             sent.map_err(|e| peer_error(me, to, what, &e, timeout))
         })
     }
@@ -225,6 +213,19 @@ fn apply_scale<T: WireElem>(buf: &mut [T], scale: Option<f64>) {
 enum Mismatch {
     Io(std::io::Error),
     Header(String),
+}
+
+impl Mismatch {
+    /// The error rank `me` reports for a failed receive from rank `from` during `what`.
+    fn into_error(self, me: usize, from: usize, what: &str, timeout: Duration) -> Error {
+        match self {
+            Mismatch::Io(e) => peer_error(me, from, what, &e, timeout),
+            Mismatch::Header(detail) => Error::invalid(
+                "dist",
+                format!("rank {me}: rank {from} is in a different collective than {what}: {detail}"),
+            ),
+        }
+    }
 }
 
 fn send_on(w: &mut TcpStream, seq: u64, bytes: &[u8]) -> std::io::Result<()> {

@@ -11,6 +11,7 @@
 //! plain optimizer and back.
 
 use super::group::{ProcessGroup, ReduceOp};
+use crate::optim::clip::{check_max_norm, clip_coefficient, squared_sum};
 use crate::optim::Optimizer;
 use crate::{Error, Result, Tensor};
 use std::collections::BTreeSet;
@@ -129,8 +130,7 @@ impl<O: Optimizer> Zero1<O> {
     /// The sum of squares of this rank's reduced gradient slice (after `reduce_gradients`).
     pub fn shard_grad_sq_sum(&self) -> Result<Tensor> {
         let g = self.shard.grad().ok_or_else(|| Error::invalid("Zero1", "call reduce_gradients first"))?;
-        let wide = if g.dtype() == crate::DType::F64 { g } else { g.to_dtype(crate::DType::F32)? };
-        wide.mul(&wide)?.sum_all()?.to_dtype(crate::DType::F64)
+        squared_sum(&g)
     }
 
     /// Multiplies this rank's reduced gradient slice by `factor`.
@@ -162,9 +162,7 @@ impl<O: Optimizer> Zero1<O> {
 /// `apply`). Returns the norm before clipping. The slices are disjoint and the padding is zero, so the
 /// norm is exactly the unsharded gradient's.
 pub fn clip_sharded_grad_norm<O: Optimizer>(pg: &ProcessGroup, groups: &[&Zero1<O>], max_norm: f64) -> Result<f64> {
-    if max_norm.is_nan() || max_norm < 0.0 {
-        return Err(Error::invalid("clip_sharded_grad_norm", format!("max_norm must be >= 0, got {max_norm}")));
-    }
+    check_max_norm("clip_sharded_grad_norm", max_norm)?;
     let _ng = crate::NoGradGuard::new();
     let mut local = 0.0;
     for z in groups {
@@ -173,8 +171,7 @@ pub fn clip_sharded_grad_norm<O: Optimizer>(pg: &ProcessGroup, groups: &[&Zero1<
     let total = Tensor::from_vec(vec![local], &[1], crate::Device::Cpu)?;
     pg.all_reduce(&total, ReduceOp::Sum)?;
     let norm = total.item()?.sqrt();
-    if norm > max_norm {
-        let coef = max_norm / (norm + 1e-6);
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
         for z in groups {
             z.scale_gradients(coef)?;
         }

@@ -9,17 +9,14 @@ use std::collections::HashSet;
 /// computed with tensor ops (on the gradients' device), squares in f32 or f64 and sums in f64. Parameters
 /// without a gradient are skipped, and one listed twice counts once.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
-    if max_norm.is_nan() || max_norm < 0.0 {
-        return Err(Error::invalid("clip_grad_norm", format!("max_norm must be >= 0, got {max_norm}")));
-    }
+    check_max_norm("clip_grad_norm", max_norm)?;
     let _ng = NoGradGuard::new();
     let mut seen = HashSet::new();
     let grads: Vec<(&Tensor, Tensor)> =
         params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| p.grad().map(|g| (p, g))).collect();
     let mut total: Option<Tensor> = None;
     for (_, g) in &grads {
-        let wide = if g.dtype() == DType::F64 { g.clone() } else { g.to_dtype(DType::F32)? };
-        let sq = wide.mul(&wide)?.sum_all()?.to_dtype(DType::F64)?;
+        let sq = squared_sum(g)?;
         // Summed on the first gradient's device, so only the final scalar is read back.
         total = Some(match total {
             Some(t) => t.add(&sq.to_device(t.device())?)?,
@@ -28,11 +25,28 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
     }
     let Some(total) = total else { return Ok(0.0) };
     let norm = total.sqrt()?.item()?;
-    if norm > max_norm {
-        let coef = max_norm / (norm + 1e-6);
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
         for (p, g) in &grads {
             p.set_grad(Some(g.mul_scalar(coef)?))?;
         }
     }
     Ok(norm)
+}
+
+pub(crate) fn check_max_norm(op: &'static str, max_norm: f64) -> Result<()> {
+    if max_norm.is_nan() || max_norm < 0.0 {
+        return Err(Error::invalid(op, format!("max_norm must be >= 0, got {max_norm}")));
+    }
+    Ok(())
+}
+
+/// Σ g² as a one-element f64 tensor on g's device: squares in f32 (f64 for f64), the sum in f64.
+pub(crate) fn squared_sum(g: &Tensor) -> Result<Tensor> {
+    let wide = if g.dtype() == DType::F64 { g.clone() } else { g.to_dtype(DType::F32)? };
+    wide.mul(&wide)?.sum_all()?.to_dtype(DType::F64)
+}
+
+/// The factor to scale gradients of global norm `norm` by, or None when they are within `max_norm`.
+pub(crate) fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
+    (norm > max_norm).then(|| max_norm / (norm + 1e-6))
 }

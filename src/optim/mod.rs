@@ -4,7 +4,7 @@
 //! store it next to the model.
 
 mod adam;
-mod clip;
+pub(crate) mod clip;
 mod mixed;
 pub mod schedule;
 mod sgd;

@@ -292,7 +292,7 @@ fn load(path: PathBuf) -> HashMap<String, Vec<f32>> {
     tensors.filter(|(_, t)| t.dtype() == DType::F32).map(|(n, t)| (n, t.to_vec::<f32>().unwrap())).collect()
 }
 
-fn max_abs_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> f32 {
+pub(crate) fn max_abs_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> f32 {
     assert_eq!(a.keys().collect::<std::collections::BTreeSet<_>>(), b.keys().collect(), "different tensors");
     a.iter().flat_map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
 }

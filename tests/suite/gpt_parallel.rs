@@ -3,7 +3,7 @@
 //! one does, ZeRO-1 ends where plain data parallelism does, and bf16 works under both. The ranks are
 //! copies of this test binary running `gpt_parallel::worker`, as in tests/suite/dist.rs.
 
-use super::dist::{free_port, log, rank_command_for, scratch, wait_all, OUT, SCENARIO};
+use super::dist::{free_port, log, max_abs_diff, rank_command_for, scratch, wait_all, OUT, SCENARIO};
 use super::gpt_example::example::checkpoint;
 use super::gpt_example::example::config::TrainConfig;
 use super::gpt_example::example::train::{Event, Outcome, Session, Trainer};
@@ -98,11 +98,6 @@ fn job(out: &Path, scenario: &str) -> Vec<RankResult> {
             (params, losses.lines().map(|l| l.parse().unwrap()).collect())
         })
         .collect()
-}
-
-fn max_abs_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().flat_map(|(k, x)| x.iter().zip(&b[k]).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
 }
 
 fn setup(name: &str) -> PathBuf {
