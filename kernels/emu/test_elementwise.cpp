@@ -1,0 +1,194 @@
+// kernels/elementwise.cu on the emulator: binary_rows (bias add, column broadcast), binary (contiguous
+// vector and scalar paths, small strided broadcast), casts and copy_into on transposed views, launched as
+// src/backend/cuda/elementwise.rs does, with `Strided` views built as storage.rs::views does.
+#include "cuda_emu.h"
+#include "../elementwise.cu"
+#include "check.h"
+using namespace chk;
+
+constexpr unsigned THREADS = 256;
+constexpr int64_t ROWS_MIN_INNER = 128;
+
+// A layout: shape, strides, offset (in elements), as crate::shape::Layout.
+struct Layout {
+    std::vector<int64_t> shape, strides;
+    int64_t offset = 0;
+    int64_t numel() const { int64_t n = 1; for (auto d : shape) n *= d; return n; }
+    int64_t at(int64_t i) const {  // storage index of logical element i
+        int64_t off = offset;
+        for (int d = (int)shape.size() - 1; d >= 0; --d) off += (i % shape[d]) * strides[d], i /= shape[d];
+        return off;
+    }
+};
+inline Layout contiguous(std::vector<int64_t> shape, int64_t offset = 0) {
+    Layout l{shape, std::vector<int64_t>(shape.size()), offset};
+    int64_t s = 1;
+    for (int d = (int)shape.size() - 1; d >= 0; --d) l.strides[d] = s, s *= shape[d];
+    return l;
+}
+
+// storage.rs::views: dims merged where every operand allows (shape.rs::coalesce), contig when every operand
+// is one dense run.
+template <size_t N> std::pair<std::array<Strided, N>, bool> views(std::array<const Layout*, N> ls) {
+    std::vector<int64_t> shape;
+    std::array<std::vector<int64_t>, N> cs;
+    const auto& s0 = ls[0]->shape;
+    for (size_t d = 0; d < s0.size(); ++d) {
+        if (s0[d] == 1) continue;
+        bool merge = !shape.empty();
+        for (size_t k = 0; k < N && merge; ++k) merge = cs[k].back() == ls[k]->strides[d] * s0[d];
+        if (merge) {
+            shape.back() *= s0[d];
+            for (size_t k = 0; k < N; ++k) cs[k].back() = ls[k]->strides[d];
+        } else {
+            shape.push_back(s0[d]);
+            for (size_t k = 0; k < N; ++k) cs[k].push_back(ls[k]->strides[d]);
+        }
+    }
+    if (shape.empty()) { shape.push_back(1); for (auto& c : cs) c.push_back(0); }
+    bool contig = shape.size() == 1;
+    for (size_t k = 0; k < N; ++k) contig = contig && (cs[k][0] == 1 || shape[0] == 1);
+    std::array<Strided, N> out;
+    for (size_t k = 0; k < N; ++k) {
+        Strided& s = out[k];
+        s.rank = (int32_t)shape.size();
+        for (int d = 0; d < MAX_DIMS; ++d) s.shape[d] = 1, s.strides[d] = 0;
+        for (size_t d = 0; d < shape.size(); ++d) s.shape[d] = shape[d], s.strides[d] = cs[k][d];
+        s.offset = ls[k]->offset;
+    }
+    return {out, contig};
+}
+inline unsigned grid_ew(int64_t n, size_t elem, bool contig) {
+    return contig ? grid_for((n + 4 * (16 / elem) - 1) / (4 * (16 / elem)), THREADS) : grid_for(n, THREADS);
+}
+
+template <typename T> struct K;
+#define KE(S, T) \
+    template <> struct K<T> { static constexpr auto bin = binary_##S, rows = binary_rows_##S, copy = copy_into_##S; };
+KE(f32, float) KE(f64, double) KE(bf16, bf16) KE(f16, f16)
+
+double ref_op(int op, double x, double y) {
+    switch (op) {
+    case B_ADD: return x + y;
+    case B_SUB: return x - y;
+    case B_MUL: return x * y;
+    case B_DIV: return x / y;
+    case B_MAX: return (x != x || x > y) ? x : y;
+    default: return (x != x || x < y) ? x : y;
+    }
+}
+
+// out = a op b over la's shape, both operands broadcast views of their buffers; dispatched as binary().
+template <typename T> void binary(const char* what, Layout la, Layout lb, size_t bn, int op, bool nans = false) {
+    size_t an = 0;
+    for (int64_t i = 0; i < la.numel(); ++i) an = std::max<size_t>(an, la.at(i) + 1);
+    Buf<T> a(an), b(bn);
+    a.fill_random(-3, 3);
+    b.fill_random(0.5, 2);
+    if (nans) a[3] = from_d<T>(NAN), b[5] = from_d<T>(NAN);
+    int64_t n = la.numel();
+    Buf<T> y(n);
+    auto [v, contig] = views<2>({&la, &lb});
+    auto [sa, sb] = v;
+    int64_t inner = sa.shape[std::max(sa.rank, 1) - 1];
+    const char* kn;
+    if (!contig && inner >= ROWS_MIN_INNER && n > 0) {
+        kn = "binary_rows";
+        int64_t rows = n / inner, per_block = THREADS * (16 / sizeof(T));
+        dim3 grid((unsigned)std::min<int64_t>((inner + per_block - 1) / per_block, 64), (unsigned)std::min<int64_t>(rows, 2048));
+        emu::launch(grid, dim3(THREADS), K<T>::rows, a.ptr(), sa, b.ptr(), sb, y.ptr(), n, op);
+    } else {
+        kn = "binary";
+        emu::launch(dim3(grid_ew(n, sizeof(T), contig)), dim3(THREADS), K<T>::bin, a.ptr(), sa, b.ptr(), sb, y.ptr(), n, op,
+                    (int)contig);
+    }
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) ref[i] = to_d(from_d<T>(ref_op(op, a.d(la.at(i)), b.d(lb.at(i)))));
+    char name[160];
+    snprintf(name, sizeof name, "%s_%s %s op=%d n=%ld contig=%d", kn, tname<T>(), what, op, (long)n, (int)contig);
+    compare(name, y.ptr(), ref, tol<T>());
+}
+
+template <typename T> void binaries() {
+    for (int64_t inner : {1000, 130, 4096}) {
+        int64_t rows = 5;
+        // Bias add: a [rows, inner] + b [inner] broadcast over rows (row stride 0, inner stride 1).
+        binary<T>("bias-add", contiguous({rows, inner}), Layout{{rows, inner}, {0, 1}, 0}, inner, B_ADD);
+        // Column broadcast: b [rows, 1] over the inner dim (inner stride 0).
+        binary<T>("col-bcast", contiguous({rows, inner}), Layout{{rows, inner}, {1, 0}, 0}, rows, B_MUL);
+        // Unaligned a (a view starting one element in): scalar row loop.
+        binary<T>("bias-add a+1", contiguous({rows, inner}, 1), Layout{{rows, inner}, {0, 1}, 0}, inner, B_SUB);
+        binary<T>("col-bcast b+1", contiguous({rows, inner}), Layout{{rows, inner}, {1, 0}, 1}, rows + 1, B_DIV);
+    }
+    // Many rows: grid.y capped at 2048, blocks stride over rows.
+    binary<T>("bias-add 2100 rows", contiguous({2100, 128}), Layout{{2100, 128}, {0, 1}, 0}, 128, B_ADD);
+    // Short inner dim: flat strided path of `binary`.
+    binary<T>("bias-add inner=7", contiguous({10, 7}), Layout{{10, 7}, {0, 1}, 0}, 7, B_ADD);
+    // Contiguous: vector path (and its tail), then the unaligned scalar path.
+    for (int op = B_ADD; op <= B_MIN; ++op) {
+        binary<T>("contig", contiguous({1000}), contiguous({1000}), 1000, op, op >= B_MAX);
+        binary<T>("contig", contiguous({3, 1003}), contiguous({3, 1003}), 3009, op);
+        binary<T>("contig a+1", contiguous({1003}, 1), contiguous({1003}), 1003, op);
+    }
+}
+
+// A transposed 2-D view: logical [r, c] over a row-major [c, r] buffer (strides [1, r]), plus offset.
+inline Layout transposed(int64_t r, int64_t c, int64_t off = 0) { return Layout{{r, c}, {1, r}, off}; }
+
+// cast_S_D (x view -> contiguous y), as cast(); same dtype on a non-contiguous view is the strided copy.
+template <typename S, typename D, typename F> void cast(const char* kn, F kernel, Layout lx) {
+    size_t xn = 0;
+    for (int64_t i = 0; i < lx.numel(); ++i) xn = std::max<size_t>(xn, lx.at(i) + 1);
+    Buf<S> x(xn);
+    x.fill_random(-100, 100);
+    int64_t n = lx.numel();
+    Buf<D> y(n);
+    auto [v, contig] = views<1>({&lx});
+    emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), kernel, x.ptr(), v[0], y.ptr(), n, (int)contig);
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) ref[i] = to_d(from_d<D>(x.d(lx.at(i))));
+    char name[160];
+    std::string sh, st;
+    for (size_t d = 0; d < lx.shape.size(); ++d)
+        sh += (d ? "," : "") + std::to_string(lx.shape[d]), st += (d ? "," : "") + std::to_string(lx.strides[d]);
+    snprintf(name, sizeof name, "%s shape=[%s] strides=[%s] off=%ld contig=%d", kn, sh.c_str(), st.c_str(),
+             (long)lx.offset, (int)contig);
+    compare(name, y.ptr(), ref, 0);  // conversions are exact functions of the input
+}
+
+// copy_into: dst view <- src view, both of one logical shape.
+template <typename T> void copy_into(const char* what, Layout ld, Layout ls) {
+    size_t dn = 0, sn = 0;
+    for (int64_t i = 0; i < ld.numel(); ++i) dn = std::max<size_t>(dn, ld.at(i) + 1), sn = std::max<size_t>(sn, ls.at(i) + 1);
+    Buf<T> d(dn), s(sn);
+    d.fill(-1);
+    s.fill_random(-10, 10);
+    int64_t n = ld.numel();
+    auto [v, contig] = views<2>({&ld, &ls});
+    if (contig) { printf("  (copy_into %s is a memcpy on the host; not a kernel launch)\n", what); return; }
+    emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::copy, d.ptr(), v[0], s.ptr(), v[1], n);
+    std::vector<double> ref(dn, to_d(from_d<T>(-1)));
+    for (int64_t i = 0; i < n; ++i) ref[ld.at(i)] = s.d(ls.at(i));
+    char name[160];
+    snprintf(name, sizeof name, "copy_into_%s %s n=%ld", tname<T>(), what, (long)n);
+    compare(name, d.ptr(), ref, 0);
+}
+
+int main() {
+    binaries<float>();
+    binaries<bf16>();
+    binaries<double>();
+    binaries<f16>();
+    cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(37, 300));
+    cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(5, 7, 3));
+    cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{4, 50}, {100, 2}, 1});  // every other column
+    cast<float, bf16>("cast_f32_bf16", cast_f32_bf16, transposed(37, 300));
+    cast<bf16, float>("cast_bf16_f32", cast_bf16_f32, transposed(37, 300));
+    cast<float, bf16>("cast_f32_bf16", cast_f32_bf16, contiguous({1000}, 1));          // contiguous flag path
+    cast<double, bf16>("cast_f64_bf16", cast_f64_bf16, transposed(9, 130));
+    copy_into<float>("dst transposed", transposed(37, 300), contiguous({37, 300}));
+    copy_into<float>("src transposed", contiguous({37, 300}, 2), transposed(37, 300, 1));
+    copy_into<bf16>("dst transposed", transposed(20, 33), contiguous({20, 33}));
+    copy_into<double>("both strided", Layout{{6, 40}, {80, 2}, 0}, transposed(6, 40));
+    return finish("elementwise");
+}

@@ -1,0 +1,86 @@
+// kernels/softmax.cu on the emulator: softmax / log-softmax forward (register-cached and online paths,
+// chosen as src/backend/cuda/softmax.rs does) and backward, against double references.
+#include "cuda_emu.h"
+#include "../softmax.cu"
+#include "check.h"
+using namespace chk;
+
+template <typename T> struct K;
+#define KS(S, T) \
+    template <> struct K<T> { \
+        static constexpr auto rows = softmax_rows_##S, plain = softmax_##S, bwd = softmax_backward_##S; };
+KS(f32, float) KS(f64, double) KS(bf16, bf16) KS(f16, f16)
+
+// Forward over `rows` rows of n; x starts `shift` elements past an aligned address (a view's offset).
+// mask: row 0 gets some -inf entries and, with 3+ rows, row 1 is all -inf (NaN output, as on the CPU).
+template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shift, bool mask) {
+    Buf<T> x(rows * n, shift), y(rows * n);
+    x.fill_random(-4, 4);
+    if (mask) {
+        for (int64_t j = 0; j < n; j += 3) x[j] = from_d<T>(-INFINITY);
+        if (rows >= 3) for (int64_t j = 0; j < n; ++j) x[n + j] = from_d<T>(-INFINITY);
+    }
+    unsigned t = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr()});
+    const char* kn = t ? "softmax_rows" : "softmax";
+    if (t) emu::launch(dim3(rows), dim3(t), K<T>::rows, x.ptr(), y.ptr(), n, log_);
+    else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::plain, x.ptr(), y.ptr(), n, log_);
+    std::vector<double> ref(rows * n);
+    for (int64_t r = 0; r < rows; ++r) {
+        double m = -INFINITY, s = 0;
+        for (int64_t j = 0; j < n; ++j) m = std::max(m, x.d(r * n + j));
+        for (int64_t j = 0; j < n; ++j) s += m == -INFINITY ? 0 : std::exp(x.d(r * n + j) - m);
+        for (int64_t j = 0; j < n; ++j) {
+            double v = x.d(r * n + j);
+            if (m == -INFINITY) ref[r * n + j] = NAN;
+            else ref[r * n + j] = log_ ? v - m - std::log(s) : std::exp(v - m) / s;
+        }
+    }
+    char name[160];
+    snprintf(name, sizeof name, "%s_%s n=%ld rows=%ld log=%d shift=%zu%s", kn, tname<T>(), (long)n, (long)rows, log_,
+             shift, mask ? " masked" : "");
+    compare(name, y.ptr(), ref, tol<T>());
+}
+
+template <typename T> void backward(int64_t n, int64_t rows, int log_) {
+    Buf<T> y(rows * n), g(rows * n), dx(rows * n);
+    g.fill_random(-1, 1);
+    for (int64_t r = 0; r < rows; ++r) {  // y: a (log-)softmax of random logits
+        std::vector<double> e(n);
+        double s = 0;
+        for (auto& v : e) s += (v = std::exp(uniform(-3, 3)));
+        for (int64_t j = 0; j < n; ++j) y[r * n + j] = from_d<T>(log_ ? std::log(e[j] / s) : e[j] / s);
+    }
+    emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::bwd, y.ptr(), g.ptr(), dx.ptr(), n, log_);
+    std::vector<double> ref(rows * n);
+    for (int64_t r = 0; r < rows; ++r) {
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += log_ ? g.d(r * n + j) : g.d(r * n + j) * y.d(r * n + j);
+        for (int64_t j = 0; j < n; ++j) {
+            double yv = y.d(r * n + j), gv = g.d(r * n + j);
+            ref[r * n + j] = log_ ? gv - std::exp(yv) * acc : yv * (gv - acc);
+        }
+    }
+    char name[160];
+    snprintf(name, sizeof name, "softmax_backward_%s n=%ld rows=%ld log=%d", tname<T>(), (long)n, (long)rows, log_);
+    compare(name, dx.ptr(), ref, tol<T>());
+}
+
+template <typename T> void all() {
+    for (int log_ = 0; log_ < 2; ++log_) {
+        for (int64_t n : {64, 100, 1000, 1001, 4096, 8192})
+            forward<T>(n, n > 2000 ? 3 : 5, log_, 0, false);
+        forward<T>(256, 4, log_, 0, true);    // cached path, masked rows
+        forward<T>(1000, 4, log_, 1, true);   // unaligned start: online path with a scalar head
+        forward<T>(1000, 3, log_, 3, false);
+        forward<T>(10000, 2, log_, 0, false); // past the cached limit: 1024 threads
+        for (int64_t n : {64, 100, 1001, 4096}) backward<T>(n, 4, log_);
+    }
+}
+
+int main() {
+    all<float>();
+    all<bf16>();
+    all<double>();
+    all<f16>();
+    return finish("softmax");
+}
