@@ -125,6 +125,20 @@ template <typename A> __device__ A block_sum(A v, A* shared) {
     return v;
 }
 
+// Sums two values over a block in one round of barriers (a pair of reductions costs what one does);
+// every thread gets both results. `shared` needs 32 slots. Ends with a barrier, as block_sum.
+__device__ __forceinline__ void block_sum2(double& a, double& b, double2* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (lane == 0) shared[warp] = make_double2(a, b);
+    __syncthreads();
+    double2 v = lane < nwarps ? shared[lane] : make_double2(0.0, 0.0);
+    a = warp_sum(v.x);
+    b = warp_sum(v.y);
+    __syncthreads();
+}
+
 // 16 bytes of T: the unit of the 128-bit loads and stores of the contiguous fast paths.
 template <typename T> struct alignas(16) Pack {
     static const int N = 16 / sizeof(T);
@@ -191,14 +205,27 @@ __device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS
     }
 }
 
+// exp for the loss kernels' sums: the hardware ex2 (MUFU) for f32, whose ~2 ulp + 1.2·|x| ulp error only
+// grows where exp(x) is negligible next to the row's largest term (x = v − max ≤ 0); accurate exp for f64.
+template <typename A> __device__ __forceinline__ A fast_exp(A x) { return exp(x); }
+template <> __device__ __forceinline__ float fast_exp<float>(float x) { return __expf(x); }
+
 // Folds `cnt` values into a running (max m, sum s of exp(v - m)): one rescale per call. -inf values
-// contribute nothing; a NaN makes s NaN.
-template <typename A> __device__ __forceinline__ void max_sum_update(const A* v, int cnt, A& m, A& s) {
+// contribute nothing; a NaN makes s NaN. FAST: fast_exp, and no per-value tests: with the shift taken
+// as 0 while m is still -inf, exp(-inf) = 0 and NaN propagates through the sum by itself.
+template <typename A, bool FAST = false>
+__device__ __forceinline__ void max_sum_update(const A* v, int cnt, A& m, A& s) {
     A mx = m;
     for (int u = 0; u < cnt; ++u) mx = v[u] > mx ? v[u] : mx;
     if (mx > m) {
-        s = m == -INFINITY ? (A)0 : s * exp(m - mx);
+        // While m is -inf, s is 0 or NaN (a NaN seen before any finite value) and stays so.
+        if (m != -INFINITY) s = s * (FAST ? fast_exp(m - mx) : exp(m - mx));
         m = mx;
+    }
+    if (FAST) {
+        A shift = m == -INFINITY ? (A)0 : m;
+        for (int u = 0; u < cnt; ++u) s += fast_exp(v[u] - shift);
+        return;
     }
     for (int u = 0; u < cnt; ++u) {
         if (v[u] != v[u]) s = NAN;
@@ -220,14 +247,15 @@ template <typename T> struct RowSplit {
 
 // This thread's running (max m, sum s of exp(x - m)) over its share of a row, one 128-bit load per step
 // in the body.
-template <typename T, typename A> __device__ __forceinline__ void thread_max_sum(const T* x, int64_t n, A& m, A& s) {
+template <typename T, typename A, bool FAST = false>
+__device__ __forceinline__ void thread_max_sum(const T* x, int64_t n, A& m, A& s) {
     typedef Pack<T> P;
     m = -INFINITY;
     s = 0;
     RowSplit<T> rs(x, n);
     for (int64_t j = threadIdx.x; j < rs.head; j += blockDim.x) {
         A v = to_acc<A>(x[j]);
-        max_sum_update(&v, 1, m, s);
+        max_sum_update<A, FAST>(&v, 1, m, s);
     }
     const P* px = reinterpret_cast<const P*>(x + rs.head);
 #pragma unroll 2
@@ -236,12 +264,41 @@ template <typename T, typename A> __device__ __forceinline__ void thread_max_sum
         A v[P::N];
 #pragma unroll
         for (int e = 0; e < P::N; ++e) v[e] = to_acc<A>(pk.v[e]);
-        max_sum_update(v, P::N, m, s);
+        max_sum_update<A, FAST>(v, P::N, m, s);
     }
     for (int64_t j = rs.tail_start + threadIdx.x; j < n; j += blockDim.x) {
         A v = to_acc<A>(x[j]);
-        max_sum_update(&v, 1, m, s);
+        max_sum_update<A, FAST>(&v, 1, m, s);
     }
+}
+
+// Merges running (max, sum) pairs; -inf maxima contribute nothing (a fully masked row ends as (-inf, 0),
+// and the output exp(-inf - -inf)/0 is NaN, as on the CPU and in PyTorch).
+template <typename A> __device__ __forceinline__ void ms_merge(A& m, A& s, A m2, A s2) {
+    A mm = m > m2 ? m : m2;
+    if (mm == -INFINITY) return;
+    A a = m == -INFINITY ? (A)0 : s * exp(m - mm);
+    A b = m2 == -INFINITY ? (A)0 : s2 * exp(m2 - mm);
+    if (m != m || m2 != m2) mm = m != m ? m : m2;  // keep NaN visible
+    m = mm;
+    s = a + b;
+}
+
+// The (max, sum) of one row, merged over the block; every thread gets the result.
+// FAST: see max_sum_update (the cross-entropy kernels use it).
+template <typename T, typename A, bool FAST = false> __device__ void row_max_sum(const T* x, int64_t n, A& m, A& s) {
+    __shared__ A shm[32], shs[32];
+    thread_max_sum<T, A, FAST>(x, n, m, s);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { shm[warp] = m; shs[warp] = s; }
+    __syncthreads();
+    m = lane < nw ? shm[lane] : (A)-INFINITY;
+    s = lane < nw ? shs[lane] : (A)0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
+    __syncthreads();
 }
 
 // Instantiates `NAME##_SUFFIX` entry points from a macro body for each float type.

@@ -1,5 +1,6 @@
 // Elementwise kernels: unary maps, broadcasting binary maps, comparisons, where, casts/strided copies,
-// copy_into and fill. Every launch is a grid-stride loop with one thread per output element. Operands
+// copy_into and fill. Every launch is a grid-stride loop with one thread per output element, except the
+// tiled transposing copy. Operands
 // arrive as `Strided` views (the host coalesces dims and sets broadcast dims' stride to 0); when every
 // operand is contiguous and 16-byte aligned, a fast path moves 128 bits per load/store.
 #include "common.cuh"
@@ -164,11 +165,59 @@ __device__ void binary_kernel(const T* a, Strided sa, const T* b, Strided sb, T*
     }
 }
 
+// Bias-style broadcasts, a [rows, inner] view whose operands are each the whole contiguous tensor or one
+// contiguous row repeated (row stride 0), all 16-byte aligned with whole packs per row: one flat loop
+// over the output's packs with UNROLL of them in flight per thread, as binary_kernel's fast path, the
+// repeated row indexed modulo its packs. False (nothing done) when the views are not of that form.
+template <typename T>
+__device__ bool binary_rows_flat(const T* a, const Strided& sa, const T* b, const Strided& sb, T* y, int64_t n, int op) {
+    typedef typename BinAcc<T>::type A;
+    typedef Pack<T> P;
+    if (sa.rank != 2) return false;
+    const int64_t inner = sa.shape[1];
+    const bool fa = sa.strides[0] == inner, fb = sb.strides[0] == inner;
+    if (sa.strides[1] != 1 || sb.strides[1] != 1 || inner % P::N != 0 || !(fa || sa.strides[0] == 0) ||
+        !(fb || sb.strides[0] == 0))
+        return false;
+    a += sa.offset;
+    b += sb.offset;
+    if (!aligned16(a) || !aligned16(b) || !aligned16(y)) return false;
+    const P* pa = reinterpret_cast<const P*>(a);
+    const P* pb = reinterpret_cast<const P*>(b);
+    const int64_t np = n / P::N, ip = inner / P::N;
+    const bool small = np <= 0xffffffffll;  // 32-bit modulo when it fits: several times cheaper
+    auto row_pack = [&](int64_t q) -> int64_t { return small ? (int64_t)((uint32_t)q % (uint32_t)ip) : q % ip; };
+    const int64_t stride = (int64_t)gridDim.x * gridDim.y * blockDim.x;
+    const int64_t t0 = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+    for (int64_t q0 = t0; q0 < np; q0 += stride * UNROLL) {
+        P u[UNROLL], v[UNROLL];
+#pragma unroll
+        for (int j = 0; j < UNROLL; ++j) {
+            int64_t q = q0 + j * stride;
+            if (q < np) {
+                u[j] = pa[fa ? q : row_pack(q)];
+                v[j] = pb[fb ? q : row_pack(q)];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < UNROLL; ++j) {
+            int64_t q = q0 + j * stride;
+            if (q >= np) break;
+            P r;
+#pragma unroll
+            for (int k = 0; k < P::N; ++k) r.v[k] = from_acc<T>(binary_fn<A>(op, to_acc<A>(u[j].v[k]), to_acc<A>(v[j].v[k])));
+            reinterpret_cast<P*>(y)[q] = r;
+        }
+    }
+    return true;
+}
+
 // Strided/broadcast operands with a long last dim (bias adds, row/column broadcasts): blockIdx.y walks
 // rows, threads walk the last dim, so the index arithmetic is paid once per row, not per element.
 template <typename T>
 __device__ void binary_rows_kernel(const T* a, Strided sa, const T* b, Strided sb, T* y, int64_t n, int op) {
     typedef typename BinAcc<T>::type A;
+    if (binary_rows_flat(a, sa, b, sb, y, n, op)) return;
     int last = sa.rank - 1;
     int64_t inner = sa.shape[last], rows = n / inner;
     int64_t ia = sa.strides[last], ib = sb.strides[last];
@@ -250,6 +299,34 @@ template <typename T> __device__ void copy_into_kernel(T* d, Strided sd, const T
     GRID_LOOP(i, n) d[strided_offset_n(sd, i, n)] = s[strided_offset_n(ss, i, n)];
 }
 
+// Contiguous y = a view whose last two dims are transposed in memory (the second-to-last has unit
+// stride, the last does not), e.g. x.t().contiguous(): 32x32 tiles through shared memory, so both the
+// reads (along the source's unit-stride dim) and the writes (along the output's) are coalesced.
+// Block (32, 8); grid (ceil(C/32), ceil(R/32), batches, capped); dims before the last two are batches.
+template <typename T> __device__ void transpose_copy_kernel(const T* x, Strided sx, T* y, int64_t n) {
+    __shared__ T tile[32][33];  // +1 column: the transposed reads hit 32 different banks
+    const int rank = sx.rank;
+    const int64_t R = sx.shape[rank - 2], C = sx.shape[rank - 1], sc = sx.strides[rank - 1];
+    const int64_t batches = n / (R * C), r0 = (int64_t)blockIdx.y * 32, c0 = (int64_t)blockIdx.x * 32;
+    for (int64_t bt = blockIdx.z; bt < batches; bt += gridDim.z) {
+        int64_t base = sx.offset, q = bt;
+        for (int d = rank - 3; d >= 0; --d) {
+            base += (q % sx.shape[d]) * sx.strides[d];
+            q /= sx.shape[d];
+        }
+        for (int i = threadIdx.y; i < 32; i += 8) {
+            int64_t c = c0 + i, r = r0 + threadIdx.x;
+            if (c < C && r < R) tile[i][threadIdx.x] = x[base + r + c * sc];
+        }
+        __syncthreads();
+        for (int i = threadIdx.y; i < 32; i += 8) {
+            int64_t r = r0 + i, c = c0 + threadIdx.x;
+            if (r < R && c < C) y[(bt * R + r) * C + c] = tile[threadIdx.x][i];
+        }
+        __syncthreads();
+    }
+}
+
 // y[i] = v for i < n.
 template <typename T> __device__ void fill_kernel(T* y, int64_t n, double v) {
     T x = from_acc<T, double>(v);
@@ -284,6 +361,10 @@ FOR_ALL(WHERE)
 #define COPY_INTO(S, T) \
     extern "C" __global__ void copy_into_##S(T* d, Strided sd, const T* s, Strided ss, int64_t n) { copy_into_kernel<T>(d, sd, s, ss, n); }
 FOR_ALL(COPY_INTO)
+
+#define TRANSPOSE_COPY(S, T) \
+    extern "C" __global__ void transpose_copy_##S(const T* x, Strided sx, T* y, int64_t n) { transpose_copy_kernel<T>(x, sx, y, n); }
+FOR_ALL(TRANSPOSE_COPY)
 
 #define FILL(S, T) extern "C" __global__ void fill_##S(T* y, int64_t n, double v) { fill_kernel<T>(y, n, v); }
 FOR_ALL(FILL)

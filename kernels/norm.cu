@@ -1,8 +1,8 @@
 // Layer norm and RMS norm over contiguous rows of length n, forward and backward. Statistics are kept in
 // the compute type (f32, or f64 for f64 tensors) and row sums accumulate in f64, as on the CPU.
 // Forward and the input gradient use one block per row; the weight/bias gradients are column sums over
-// rows, done deterministically in two steps: 32-column x many-row tiles write f64 partials per row slice,
-// then one thread per column folds the slices in order.
+// rows, done deterministically in two steps: 32-column x many-row tiles write f64 partials per row slice
+// (or the fused backward writes f32 partials per block), then one thread per column folds them in order.
 #include "common.cuh"
 
 template <typename T, typename W>
@@ -39,59 +39,77 @@ __device__ void norm_fwd(const T* x, const W* w, const W* b, T* y, typename Acc<
     }
 }
 
-// Register-cached forward for rows that fit (see load_row): the row is read once.
+// This thread's pack k of a row-long parameter (w or b) widened to A; 1 (w) or 0 (b) when absent. The
+// host checks the parameters' 16-byte alignment with the rows'.
+template <typename T, typename A>
+__device__ __forceinline__ void load_param_pack(const T* p, int64_t pk, A fill, A (&out)[Pack<T>::N]) {
+    if (p) {
+        Pack<T> v = reinterpret_cast<const Pack<T>*>(p)[pk];
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; ++e) out[e] = to_acc<A>(v.v[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; ++e) out[e] = fill;
+    }
+}
+
+// Register-cached forward for rows that fit (see load_row): the row is read once, and both statistics
+// come from one block reduction of the sums of d = x − c and d², shifted by the row's first value c
+// (0 for RMS) so that E[d²] − E[d]² does not cancel catastrophically: the variance is
+// E[d²] − E[d]², the mean c + E[d].
 template <typename T>
 __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename Acc<T>::type* mean,
                               typename Acc<T>::type* rstd, int64_t n, double eps, int rms) {
     typedef typename Acc<T>::type A;
-    __shared__ double sh[32];
+    typedef Pack<T> P;
+    __shared__ double2 sh[32];
     int64_t row = blockIdx.x;
     x += row * n;
     y += row * n;
     A r[ROW_VALS];
     load_row<T, A>(x, n, r, (A)0);
-    double mu = 0;
-    if (!rms) {
-        A s = 0;
-#pragma unroll
-        for (int i = 0; i < ROW_VALS; ++i) s += r[i];
-        mu = block_sum((double)s, sh) / (double)n;
-    }
-    A m = (A)mu, v = 0;
+    A c = rms ? (A)0 : to_acc<A>(x[0]);
+    // f64 sums from the first value on (a few double FMAs per value cost nothing next to the memory
+    // traffic), so the cancellation in E[d²] − E[d]² eats into f64's digits, not f32's.
+    double ts = 0, tq = 0;
 #pragma unroll
     for (int k = 0; k < RowPacks<T>::P; ++k)
 #pragma unroll
-        for (int e = 0; e < Pack<T>::N; ++e) {
-            A d = r[k * Pack<T>::N + e] - m;
-            if (row_index<T>(k, e) < n) v += d * d;
+        for (int e = 0; e < P::N; ++e) {
+            double d = (double)(r[k * P::N + e] - c);
+            if (row_index<T>(k, e) < n) ts += d, tq += d * d;
         }
-    double var = block_sum((double)v, sh) / (double)n;
-    double rs = 1.0 / sqrt(var + eps);
+    block_sum2(ts, tq, sh);
+    double md = ts / (double)n, var = tq / (double)n - md * md;
+    double mu = rms ? 0.0 : (double)c + md;
+    if (rms) var = tq / (double)n;
+    double rs = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
     if (threadIdx.x == 0) {
         mean[row] = (A)mu;
         rstd[row] = (A)rs;
     }
-    A q = (A)rs;
+    A m = (A)mu, qs = (A)rs;
+    int64_t np = n / P::N;
 #pragma unroll
-    for (int k = 0; k < RowPacks<T>::P; ++k)
+    for (int k = 0; k < RowPacks<T>::P; ++k) {
+        int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+        if (pk >= np) continue;
+        A wv[P::N], bv[P::N];
+        load_param_pack<T, A>(w, pk, (A)1, wv);
+        load_param_pack<T, A>(b, pk, (A)0, bv);
 #pragma unroll
-        for (int e = 0; e < Pack<T>::N; ++e) {
-            int64_t j = row_index<T>(k, e);
-            if (j >= n) continue;
-            A h = (r[k * Pack<T>::N + e] - m) * q;
-            if (w) h = h * to_acc<A>(w[j]);
-            if (b) h = h + to_acc<A>(b[j]);
-            r[k * Pack<T>::N + e] = h;
-        }
+        for (int e = 0; e < P::N; ++e) r[k * P::N + e] = (r[k * P::N + e] - m) * qs * wv[e] + bv[e];
+    }
     store_row<T, A>(y, n, r);
 }
 
-// Register-cached input gradient: x and g are read once each.
+// Register-cached input gradient: x and g are read once each; Σd and Σd·h in one block reduction.
 template <typename T>
 __device__ void norm_bwd_x_rows(const T* x, const T* w, const typename Acc<T>::type* mean,
                                 const typename Acc<T>::type* rstd, const T* g, T* dx, int64_t n, int rms) {
     typedef typename Acc<T>::type A;
-    __shared__ double sh[32];
+    typedef Pack<T> P;
+    __shared__ double2 sh[32];
     int64_t row = blockIdx.x;
     x += row * n;
     g += row * n;
@@ -101,72 +119,120 @@ __device__ void norm_bwd_x_rows(const T* x, const T* w, const typename Acc<T>::t
     load_row<T, A>(x, n, h, (A)0);
     load_row<T, A>(g, n, d, (A)0);
     A sd = 0, sdh = 0;
+    int64_t np = n / P::N;
 #pragma unroll
-    for (int k = 0; k < RowPacks<T>::P; ++k)
+    for (int k = 0; k < RowPacks<T>::P; ++k) {
+        int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+        A wv[P::N];
+        load_param_pack<T, A>(pk < np ? w : nullptr, pk, (A)1, wv);
 #pragma unroll
-        for (int e = 0; e < Pack<T>::N; ++e) {
-            int i = k * Pack<T>::N + e;
-            int64_t j = row_index<T>(k, e);
+        for (int e = 0; e < P::N; ++e) {
+            int i = k * P::N + e;
             h[i] = (h[i] - mu) * rs;
-            if (w && j < n) d[i] = d[i] * to_acc<A>(w[j]);
+            d[i] = d[i] * wv[e];
             sd += d[i];
             sdh += d[i] * h[i];
         }
-    double tsd = block_sum((double)sd, sh), tsdh = block_sum((double)sdh, sh);
+    }
+    double tsd = sd, tsdh = sdh;
+    block_sum2(tsd, tsdh, sh);
     A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
 #pragma unroll
     for (int i = 0; i < ROW_VALS; ++i) d[i] = rs * (d[i] - mean_d - h[i] * mean_dh);
     store_row<T, A>(dx, n, d);
 }
 
-// Fused backward for rows that fit in registers: each block walks rows blockIdx.x, +gridDim.x, ... and
-// writes their input gradients, while each thread sums g·h and g for the columns it owns (the same
-// columns on every row) in registers; the block then writes one f64 partial row per block, which
-// norm_backward_wb_finish folds in block order (deterministic). x and g are read once.
+// Values of a row each thread of the fused backward holds: it keeps them as loaded (16-byte packs of T)
+// and widens them where used, since its per-column accumulators and the prefetched next row need
+// registers too; within 128 registers per thread (at most FUSED_THREADS threads) it does not spill.
+// The host launches ceil(n / FUSED_VALS) threads.
+#define FUSED_VALS 16
+#define FUSED_THREADS 512
+
+// Fused backward: each block walks rows blockIdx.x, +gridDim.x, ... and writes their input gradients,
+// while each thread sums g·h and g for the columns it owns (the same columns on every row) in registers;
+// the block then writes one f32 partial row per block (its sums are f32 already), which
+// norm_backward_fused_finish folds in block order in f64 (deterministic). x and g are read once, and the
+// next row's loads are issued before this row's block reduction, so they are in flight while it waits.
 template <typename T>
 __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T>::type* mean,
                                     const typename Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, int64_t n,
-                                    int rms, double* pw, double* pb) {
+                                    int rms, float* pw, float* pb) {
     typedef typename Acc<T>::type A;
-    __shared__ double sh[32];
-    A aw[ROW_VALS], ab[ROW_VALS];
+    typedef Pack<T> P;
+    const int KP = FUSED_VALS / P::N;
+    __shared__ double2 sh[32];
+    const int64_t np = n / P::N;
+    const P* px = reinterpret_cast<const P*>(x);
+    const P* pg = reinterpret_cast<const P*>(g);
+    A aw[FUSED_VALS], ab[FUSED_VALS];
 #pragma unroll
-    for (int i = 0; i < ROW_VALS; ++i) aw[i] = ab[i] = 0;
-    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    for (int i = 0; i < FUSED_VALS; ++i) aw[i] = ab[i] = 0;
+    P nx[KP], ng[KP];
+    int64_t row = blockIdx.x;
+#pragma unroll
+    for (int k = 0; k < KP; ++k) {
+        int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+        if (pk < np && row < rows) nx[k] = px[row * np + pk], ng[k] = pg[row * np + pk];
+    }
+    for (; row < rows; row += gridDim.x) {
         A mu = mean[row], rs = rstd[row];
-        A h[ROW_VALS], d[ROW_VALS];
-        load_row<T, A>(x + row * n, n, h, (A)0);
-        load_row<T, A>(g + row * n, n, d, (A)0);
+        P cx[KP], cg[KP];
+#pragma unroll
+        for (int k = 0; k < KP; ++k) cx[k] = nx[k], cg[k] = ng[k];
+        int64_t next = row + gridDim.x;
+#pragma unroll
+        for (int k = 0; k < KP; ++k) {
+            int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+            if (pk < np && next < rows) nx[k] = px[next * np + pk], ng[k] = pg[next * np + pk];
+        }
         A sd = 0, sdh = 0;
 #pragma unroll
-        for (int k = 0; k < RowPacks<T>::P; ++k)
+        for (int k = 0; k < KP; ++k) {
+            int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+            if (pk >= np) continue;
+            A wv[P::N];
+            load_param_pack<T, A>(w, pk, (A)1, wv);
 #pragma unroll
-            for (int e = 0; e < Pack<T>::N; ++e) {
-                int i = k * Pack<T>::N + e;
-                int64_t j = row_index<T>(k, e);
-                h[i] = (h[i] - mu) * rs;
-                aw[i] += d[i] * h[i];
-                ab[i] += d[i];
-                if (w && j < n) d[i] = d[i] * to_acc<A>(w[j]);
-                sd += d[i];
-                sdh += d[i] * h[i];
-            }
-        double tsd = block_sum((double)sd, sh), tsdh = block_sum((double)sdh, sh);
-        A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
-#pragma unroll
-        for (int i = 0; i < ROW_VALS; ++i) d[i] = rs * (d[i] - mean_d - h[i] * mean_dh);
-        store_row<T, A>(dx + row * n, n, d);
-    }
-#pragma unroll
-    for (int k = 0; k < RowPacks<T>::P; ++k)
-#pragma unroll
-        for (int e = 0; e < Pack<T>::N; ++e) {
-            int64_t j = row_index<T>(k, e);
-            if (j < n) {
-                pw[(int64_t)blockIdx.x * n + j] = (double)aw[k * Pack<T>::N + e];
-                pb[(int64_t)blockIdx.x * n + j] = (double)ab[k * Pack<T>::N + e];
+            for (int e = 0; e < P::N; ++e) {
+                int i = k * P::N + e;
+                A h = (to_acc<A>(cx[k].v[e]) - mu) * rs, d = to_acc<A>(cg[k].v[e]);
+                aw[i] += d * h;
+                ab[i] += d;
+                d = d * wv[e];
+                sd += d;
+                sdh += d * h;
             }
         }
+        double tsd = sd, tsdh = sdh;
+        block_sum2(tsd, tsdh, sh);
+        A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
+#pragma unroll
+        for (int k = 0; k < KP; ++k) {
+            int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+            if (pk >= np) continue;
+            A wv[P::N];
+            load_param_pack<T, A>(w, pk, (A)1, wv);
+            P out;
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) {
+                A h = (to_acc<A>(cx[k].v[e]) - mu) * rs, d = to_acc<A>(cg[k].v[e]) * wv[e];
+                out.v[e] = from_acc<T>(rs * (d - mean_d - h * mean_dh));
+            }
+            reinterpret_cast<P*>(dx)[row * np + pk] = out;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < KP; ++k) {
+        int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+        if (pk >= np) continue;
+#pragma unroll
+        for (int e = 0; e < P::N; ++e) {
+            int64_t j = pk * P::N + e;
+            pw[(int64_t)blockIdx.x * n + j] = (float)aw[k * P::N + e];
+            pb[(int64_t)blockIdx.x * n + j] = (float)ab[k * P::N + e];
+        }
+    }
 }
 
 // dx = rstd·(d − mean(d) − h·mean(d·h)) with d = g·w and h the normalised input (mean(d) = 0 for RMS).
@@ -226,12 +292,13 @@ __device__ void norm_bwd_wb_partial(const T* x, const typename Acc<T>::type* mea
     }
 }
 
-// gw[col] = Σ_slices pw, gb likewise (either output may be null).
-template <typename W>
-__device__ void norm_bwd_wb_finish(const double* pw, const double* pb, int slices, int64_t n, W* gw, W* gb) {
+// gw[col] = Σ_slices pw in f64, gb likewise (either output may be null); the partials are f64 (row
+// slices) or f32 (the fused backward's blocks).
+template <typename W, typename Part>
+__device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, int64_t n, W* gw, W* gb) {
     GRID_LOOP(col, n) {
         double aw = 0, ab = 0;
-        for (int k = 0; k < slices; ++k) { aw += pw[k * n + col]; ab += pb[k * n + col]; }
+        for (int k = 0; k < slices; ++k) { aw += (double)pw[k * n + col]; ab += (double)pb[k * n + col]; }
         if (gw) gw[col] = from_acc<W, double>(aw);
         if (gb) gb[col] = from_acc<W, double>(ab);
     }
@@ -254,13 +321,16 @@ __device__ void norm_bwd_wb_finish(const double* pw, const double* pb, int slice
                                                             const T* g, int64_t rows, int64_t n, double* pw, double* pb) { \
         norm_bwd_wb_partial<T>(x, mean, rstd, g, rows, n, pw, pb); } \
     extern "C" __global__ void norm_backward_wb_finish_##S(const double* pw, const double* pb, int slices, int64_t n, T* gw, T* gb) { \
-        norm_bwd_wb_finish<T>(pw, pb, slices, n, gw, gb); }
+        norm_bwd_wb_finish<T, double>(pw, pb, slices, n, gw, gb); }
 FOR_FLOATS(NORM)
 
-// The fused backward keeps 4 x 32 values per thread: f32/bf16/f16 only (f64 would spill).
+// The fused backward: f32/bf16/f16 only (f64 would need twice the registers). At most FUSED_THREADS
+// threads, so the compiler keeps each thread within 65536 / FUSED_THREADS registers and every launch fits.
 #define NORM_FUSED(S, T) \
-    extern "C" __global__ void norm_backward_fused_rows_##S(const T* x, const T* w, const Acc<T>::type* mean, \
-                                                            const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
-                                                            int64_t n, int rms, double* pw, double* pb) { \
-        norm_bwd_fused_rows<T>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb); }
+    extern "C" __global__ void __launch_bounds__(FUSED_THREADS) norm_backward_fused_rows_##S( \
+        const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
+        int64_t n, int rms, float* pw, float* pb) { \
+        norm_bwd_fused_rows<T>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb); } \
+    extern "C" __global__ void norm_backward_fused_finish_##S(const float* pw, const float* pb, int slices, int64_t n, T* gw, T* gb) { \
+        norm_bwd_wb_finish<T, float>(pw, pb, slices, n, gw, gb); }
 NORM_FUSED(f32, float) NORM_FUSED(bf16, bf16) NORM_FUSED(f16, f16)

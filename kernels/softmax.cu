@@ -1,35 +1,8 @@
 // Softmax / log-softmax over contiguous rows, and their backward. One block per row. The forward is an
 // online softmax: each thread keeps a running (max, sum of exp(x - max)) over its elements in one read,
-// the block merges the pairs, then a second sweep writes the outputs (the row is hot in L2).
+// the block merges the pairs (row_max_sum in common.cuh), then a second sweep writes the outputs (the row
+// is hot in L2).
 #include "common.cuh"
-
-// Merges running (max, sum) pairs; -inf maxima contribute nothing (a fully masked row ends as (-inf, 0),
-// and the output exp(-inf - -inf)/0 is NaN, as on the CPU and in PyTorch).
-template <typename A> __device__ __forceinline__ void ms_merge(A& m, A& s, A m2, A s2) {
-    A mm = m > m2 ? m : m2;
-    if (mm == -INFINITY) return;
-    A a = m == -INFINITY ? (A)0 : s * exp(m - mm);
-    A b = m2 == -INFINITY ? (A)0 : s2 * exp(m2 - mm);
-    if (m != m || m2 != m2) mm = m != m ? m : m2;  // keep NaN visible
-    m = mm;
-    s = a + b;
-}
-
-// The (max, sum) of one row, merged over the block; every thread gets the result.
-template <typename T, typename A> __device__ void row_max_sum(const T* x, int64_t n, A& m, A& s) {
-    __shared__ A shm[32], shs[32];
-    thread_max_sum<T, A>(x, n, m, s);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { shm[warp] = m; shs[warp] = s; }
-    __syncthreads();
-    m = lane < nw ? shm[lane] : (A)-INFINITY;
-    s = lane < nw ? shs[lane] : (A)0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ms_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
-    __syncthreads();
-}
 
 template <typename T> __device__ void softmax_fwd(const T* x, T* y, int64_t n, int log_) {
     typedef typename Acc<T>::type A;

@@ -64,7 +64,8 @@ inline unsigned grid_ew(int64_t n, size_t elem, bool contig) {
 
 template <typename T> struct K;
 #define KE(S, T) \
-    template <> struct K<T> { static constexpr auto bin = binary_##S, rows = binary_rows_##S, copy = copy_into_##S; };
+    template <> struct K<T> { \
+        static constexpr auto bin = binary_##S, rows = binary_rows_##S, copy = copy_into_##S, tr = transpose_copy_##S; };
 KE(f32, float) KE(f64, double) KE(bf16, bf16) KE(f16, f16)
 
 double ref_op(int op, double x, double y) {
@@ -120,6 +121,10 @@ template <typename T> void binaries() {
         binary<T>("bias-add a+1", contiguous({rows, inner}, 1), Layout{{rows, inner}, {0, 1}, 0}, inner, B_SUB);
         binary<T>("col-bcast b+1", contiguous({rows, inner}), Layout{{rows, inner}, {1, 0}, 1}, rows + 1, B_DIV);
     }
+    // The repeated row first (bias − x): binary_rows' flat path with a broadcast a and a whole b; and
+    // more packs than threads, so each thread loops (4096 x 40 rows).
+    binary<T>("bias-first", Layout{{7, 256}, {0, 1}, 0}, contiguous({7, 256}), 7 * 256, B_SUB);
+    binary<T>("bias-add 40x4096", contiguous({40, 4096}), Layout{{40, 4096}, {0, 1}, 0}, 4096, B_MUL);
     // Many rows: grid.y capped at 2048, blocks stride over rows.
     binary<T>("bias-add 2100 rows", contiguous({2100, 128}), Layout{{2100, 128}, {0, 1}, 0}, 128, B_ADD);
     // Short inner dim: flat strided path of `binary`.
@@ -135,6 +140,17 @@ template <typename T> void binaries() {
 // A transposed 2-D view: logical [r, c] over a row-major [c, r] buffer (strides [1, r]), plus offset.
 inline Layout transposed(int64_t r, int64_t c, int64_t off = 0) { return Layout{{r, c}, {1, r}, off}; }
 
+// Strided::transpose_grid (storage.rs): unit stride in the second-to-last merged dim, not in the last.
+inline bool transpose_grid(const Strided& s, dim3& g) {
+    int r = s.rank;
+    if (r < 2 || s.strides[r - 2] != 1 || s.strides[r - 1] == 1) return false;
+    int64_t batches = 1;
+    for (int d = 0; d < r - 2; ++d) batches *= s.shape[d];
+    g = dim3((unsigned)((s.shape[r - 1] + 31) / 32), (unsigned)((s.shape[r - 2] + 31) / 32),
+             (unsigned)std::min<int64_t>(batches, 65535));
+    return s.shape[r - 2] * s.shape[r - 1] > 0;
+}
+
 // cast_S_D (x view -> contiguous y), as cast(); same dtype on a non-contiguous view is the strided copy.
 template <typename S, typename D, typename F> void cast(const char* kn, F kernel, Layout lx) {
     size_t xn = 0;
@@ -144,7 +160,13 @@ template <typename S, typename D, typename F> void cast(const char* kn, F kernel
     int64_t n = lx.numel();
     Buf<D> y(n);
     auto [v, contig] = views<1>({&lx});
-    emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), kernel, x.ptr(), v[0], y.ptr(), n, (int)contig);
+    dim3 tg;
+    if (std::is_same_v<S, D> && transpose_grid(v[0], tg)) {
+        kn = "transpose_copy";  // as cast() on the host: same dtype and a transposing view
+        emu::launch(tg, dim3(32, 8), K<S>::tr, x.ptr(), v[0], reinterpret_cast<S*>(y.ptr()), n);
+    } else {
+        emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), kernel, x.ptr(), v[0], y.ptr(), n, (int)contig);
+    }
     std::vector<double> ref(n);
     for (int64_t i = 0; i < n; ++i) ref[i] = to_d(from_d<D>(x.d(lx.at(i))));
     char name[160];
@@ -182,6 +204,11 @@ int main() {
     cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(37, 300));
     cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(5, 7, 3));
     cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{4, 50}, {100, 2}, 1});  // every other column
+    // Batched transposes: [3, 37, 45] over [3, 45, 37] buffers, and the batch dim itself strided.
+    cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{3, 37, 45}, {37 * 45, 1, 37}, 5});
+    cast<double, double>("cast_f64_f64", cast_f64_f64, Layout{{4, 33, 64}, {2 * 33 * 64, 1, 33}, 0});
+    cast<bf16, bf16>("cast_bf16_bf16", cast_bf16_bf16, transposed(64, 96, 1));
+    cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{70, 2}, {1, 0}, 0});  // broadcast columns
     cast<float, bf16>("cast_f32_bf16", cast_f32_bf16, transposed(37, 300));
     cast<bf16, float>("cast_bf16_f32", cast_bf16_f32, transposed(37, 300));
     cast<float, bf16>("cast_f32_bf16", cast_f32_bf16, contiguous({1000}, 1));          // contiguous flag path

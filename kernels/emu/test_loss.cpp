@@ -1,5 +1,6 @@
 // kernels/loss.cu on the emulator: fused cross-entropy forward and backward, launched as
-// src/backend/cuda/norm.rs does (one block of row_threads(C) per row), against double references.
+// src/backend/cuda/norm.rs does (one block of row_threads(C) per row; the forward's per-row (max, sum)
+// feed the backward), against double references.
 #include "cuda_emu.h"
 #include "../loss.cu"
 #include "check.h"
@@ -31,8 +32,11 @@ template <typename T> void run(int64_t c, int64_t rows, bool special) {
         if (rows > 5) for (int64_t j = 0; j < c; ++j) x[5 * c + j] = from_d<T>(-INFINITY);
     }
     unsigned threads = row_threads(c);
-    emu::launch(dim3(rows), dim3(threads), K<T>::fwd, x.ptr(), t.data(), loss.ptr(), c, ignore);
-    emu::launch(dim3(rows), dim3(threads), K<T>::bwd, x.ptr(), t.data(), g.ptr(), dx.ptr(), c, ignore);
+    typedef typename Acc<T>::type A;
+    Buf<A> stats(2 * rows);  // (max, sum) per row, from the forward to the backward
+    emu::launch(dim3(rows), dim3(threads), K<T>::fwd, x.ptr(), t.data(), loss.ptr(), stats.ptr(), c, ignore);
+    emu::launch(dim3(rows), dim3(threads), K<T>::bwd, x.ptr(), t.data(), (const A*)stats.ptr(), g.ptr(), dx.ptr(), c,
+                ignore);
 
     std::vector<double> rl(rows), rdx(rows * c);
     for (int64_t r = 0; r < rows; ++r) {

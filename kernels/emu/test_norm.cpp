@@ -12,20 +12,30 @@ template <typename T> struct K;
         static constexpr auto fwd_rows = norm_forward_rows_##S, fwd = norm_forward_##S; \
         static constexpr auto bwd_rows = norm_backward_x_rows_##S, bwd = norm_backward_x_##S; \
         static constexpr auto partial = norm_backward_wb_partial_##S, finish = norm_backward_wb_finish_##S; \
-        static constexpr auto fused = FUSED_##S; };
+        static constexpr auto fused = FUSED_##S, fused_finish = FUSED_FINISH_##S; };
 #define FUSED_f32 norm_backward_fused_rows_f32
 #define FUSED_bf16 norm_backward_fused_rows_bf16
 #define FUSED_f16 norm_backward_fused_rows_f16
 #define FUSED_f64 (void (*)(const double*, const double*, const double*, const double*, const double*, double*, \
-                            int64_t, int64_t, int, double*, double*))nullptr
+                            int64_t, int64_t, int, float*, float*))nullptr
+#define FUSED_FINISH_f32 norm_backward_fused_finish_f32
+#define FUSED_FINISH_bf16 norm_backward_fused_finish_bf16
+#define FUSED_FINISH_f16 norm_backward_fused_finish_f16
+#define FUSED_FINISH_f64 (void (*)(const float*, const float*, int, int64_t, double*, double*))nullptr
 KN(f32, float) KN(f64, double) KN(bf16, bf16) KN(f16, f16)
 
-constexpr size_t FUSED_BLOCKS = 264;
+// The fused backward's launch (fused_threads in norm.rs): 16 values per thread, at most 512 threads;
+// its grid is min(blocks the GPU holds, ceil(rows / 16)); here the GPU is taken to hold `resident`.
+inline unsigned fused_threads(size_t n, size_t elem, std::initializer_list<const void*> ptrs) {
+    bool fits = elem != 8 && n > 0 && n % (16 / elem) == 0 && n <= 16 * 512;
+    for (const void* p : ptrs) fits = fits && ((uintptr_t)p % 16 == 0);
+    return fits ? (unsigned)std::clamp<size_t>(((n + 15) / 16 + 31) / 32 * 32, 32, 512) : 0;
+}
 
 // One forward + backward case. shift > 0 offsets x (and g) from 16-byte alignment, as a view would,
 // which sends the host to the plain kernels.
 template <typename T>
-void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift = 0) {
+void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift = 0, size_t resident = 264) {
     typedef typename Acc<T>::type A;
     const double eps = 1e-5;
     Buf<T> x(rows * n, shift), w(n), b(n), y(rows * n), g(rows * n, shift), gx(rows * n);
@@ -38,7 +48,7 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     T* bp = has_b ? b.ptr() : nullptr;
 
     // Forward, as norm_forward.
-    unsigned t = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr()});
+    unsigned t = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr(), wp, bp});
     const char* fk = t ? "norm_forward_rows" : "norm_forward";
     if (t) emu::launch(dim3(rows), dim3(t), K<T>::fwd_rows, x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n, eps, (int)rms);
     else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::fwd, x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n, eps, (int)rms);
@@ -78,15 +88,16 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     }
     Buf<T> gw(n), gb(n);
     gw.fill(777), gb.fill(777);  // must be overwritten where requested
-    unsigned ct = cached_row_threads(n, sizeof(T), {x.ptr(), g.ptr(), gx.ptr()});
+    unsigned ct = cached_row_threads(n, sizeof(T), {x.ptr(), g.ptr(), gx.ptr(), wp});
+    unsigned ft = fused_threads(n, sizeof(T), {x.ptr(), g.ptr(), gx.ptr(), wp});
     const char* bk;
-    if (ct && !std::is_same_v<T, double> && rows > 0 && (has_w || has_b)) {
-        bk = "norm_backward_fused_rows+wb_finish";
-        size_t blocks = std::min<size_t>(rows, FUSED_BLOCKS);
-        Buf<double> pw(blocks * n), pb(blocks * n);
-        emu::launch(dim3(blocks), dim3(ct), K<T>::fused, x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows, n,
+    if (ft && rows > 0 && (has_w || has_b)) {
+        bk = "norm_backward_fused_rows+fused_finish";
+        size_t blocks = std::max<size_t>(1, std::min<size_t>(resident, (rows + 15) / 16));
+        Buf<float> pw(blocks * n), pb(blocks * n);
+        emu::launch(dim3(blocks), dim3(ft), K<T>::fused, x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows, n,
                     (int)rms, pw.ptr(), pb.ptr());
-        emu::launch(dim3(grid_for(n, 256)), dim3(256), K<T>::finish, pw.ptr(), pb.ptr(), (int)blocks, n,
+        emu::launch(dim3(grid_for(n, 256)), dim3(256), K<T>::fused_finish, pw.ptr(), pb.ptr(), (int)blocks, n,
                     has_w ? gw.ptr() : nullptr, has_b ? gb.ptr() : nullptr);
     } else {
         if (ct) {
@@ -126,7 +137,10 @@ template <typename T> void all() {
         run<T>(72, 70, rms, true, true, 1);    // 3 row slices in wb_partial
         run<T>(10000, 2, rms, true, true);     // past the cached limit: 1024 threads
     }
-    run<T>(64, 300, 0, true, true);  // more rows than FUSED_BLOCKS: fused blocks stride over rows
+    run<T>(64, 300, 0, true, true);        // 19 fused blocks, each walking 15-16 rows (prefetching the next)
+    run<T>(128, 37, 0, true, true, 0, 3);  // 3 fused blocks over 37 rows: uneven last rows
+    run<T>(8192, 2, 0, true, true);        // the widest fused row: 512 threads
+    run<T>(4000, 3, 1, true, false);       // columns not a multiple of the block's 16-value stride
 }
 
 int main() {

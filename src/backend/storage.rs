@@ -275,31 +275,43 @@ impl Storage {
             }
         }
     }
-    /// Per-row cross-entropy of contiguous logits [N, C] against I64 targets [N].
-    pub fn cross_entropy_forward(&self, targets: &Storage, c: usize, ignore: i64) -> Result<Storage> {
+    /// Per-row cross-entropy of contiguous logits [N, C] against I64 targets [N], and the statistics
+    /// [N, 2] (row max, sum of exp(x − max)) that `cross_entropy_backward` takes.
+    pub fn cross_entropy_forward(&self, targets: &Storage, c: usize, ignore: i64) -> Result<(Storage, Storage)> {
         const OP: &str = "cross_entropy";
         match self {
-            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_forward(x, i64s(OP, targets)?, c, ignore)?)),
+            Storage::Cpu(x) => {
+                let (loss, stats) = cpu::cross_entropy_forward(x, i64s(OP, targets)?, c, ignore)?;
+                Ok((Storage::Cpu(loss), Storage::Cpu(stats)))
+            }
             Storage::Cuda(x) => {
-                Ok(Storage::Cuda(cu::cross_entropy_forward(x, cu(OP, targets, x.device())?, c, ignore)?))
+                let (loss, stats) = cu::cross_entropy_forward(x, cu(OP, targets, x.device())?, c, ignore)?;
+                Ok((Storage::Cuda(loss), Storage::Cuda(stats)))
             }
         }
     }
     pub fn cross_entropy_backward(
         &self,
         targets: &Storage,
+        stats: &Storage,
         grad_rows: &Storage,
         c: usize,
         ignore: i64,
     ) -> Result<Storage> {
         const OP: &str = "cross_entropy_backward";
         match self {
-            Storage::Cpu(x) => {
-                Ok(Storage::Cpu(cpu::cross_entropy_backward(x, i64s(OP, targets)?, cpu_of(OP, grad_rows)?, c, ignore)?))
-            }
+            Storage::Cpu(x) => Ok(Storage::Cpu(cpu::cross_entropy_backward(
+                x,
+                i64s(OP, targets)?,
+                cpu_of(OP, stats)?,
+                cpu_of(OP, grad_rows)?,
+                c,
+                ignore,
+            )?)),
             Storage::Cuda(x) => {
                 let d = x.device();
-                Ok(Storage::Cuda(cu::cross_entropy_backward(x, cu(OP, targets, d)?, cu(OP, grad_rows, d)?, c, ignore)?))
+                let (t, st, g) = (cu(OP, targets, d)?, cu(OP, stats, d)?, cu(OP, grad_rows, d)?);
+                Ok(Storage::Cuda(cu::cross_entropy_backward(x, t, st, g, c, ignore)?))
             }
         }
     }

@@ -49,12 +49,12 @@ impl Tensor {
         }
         let x = self.contiguous()?;
         let t = targets.contiguous()?;
-        let s = x.storage().cross_entropy_forward(&t.storage(), c, ignore_index)?;
+        let (s, stats) = x.storage().cross_entropy_forward(&t.storage(), c, ignore_index)?;
         let out = Tensor::from_storage(s, targets.dims());
         let (xs, ts) = (x.detach(), t.detach());
         Ok(record(out, OP, &[&x], move |g| {
             let g = g.contiguous()?;
-            let s = xs.storage().cross_entropy_backward(&ts.storage(), &g.storage(), c, ignore_index)?;
+            let s = xs.storage().cross_entropy_backward(&ts.storage(), &stats, &g.storage(), c, ignore_index)?;
             Ok(vec![Some(Tensor::from_storage(s, xs.dims()))])
         }))
     }

@@ -322,6 +322,13 @@ fn casts_and_strided_copies_match_cpu() {
         let v = x.narrow(1, 2, 4).unwrap().transpose(0, 2).unwrap();
         let vg = xg.narrow(1, 2, 4).unwrap().transpose(0, 2).unwrap();
         assert_eq!(vg.contiguous().unwrap().to_vec_f64().unwrap(), v.contiguous().unwrap().to_vec_f64().unwrap());
+        // Batched transposes larger than one 32x32 tile, with partial edge tiles (the tiled copy).
+        let big = randn(13, &[3, 40, 70], DType::F64).mul_scalar(40.0).unwrap().to_dtype(s).unwrap();
+        let bigg = on(&big, d);
+        for (d0, d1) in [(1isize, 2isize), (0, 2)] {
+            let (v, vg) = (big.transpose(d0, d1).unwrap(), bigg.transpose(d0, d1).unwrap());
+            assert_eq!(vg.contiguous().unwrap().to_vec_f64().unwrap(), v.contiguous().unwrap().to_vec_f64().unwrap());
+        }
         let c = Tensor::cat(&[&x, &x.narrow(0, 1, 3).unwrap()], 0).unwrap();
         let cg = Tensor::cat(&[&xg, &xg.narrow(0, 1, 3).unwrap()], 0).unwrap();
         assert_eq!(cg.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), "cat {s}");
@@ -394,7 +401,7 @@ fn softmax_and_log_softmax_match_cpu_with_grads() {
 fn layer_norm_and_rms_norm_match_cpu_with_grads() {
     let Some(d) = gpu() else { return };
     for dt in FLOATS {
-        for n in [64usize, 768, 4099] {
+        for n in [64usize, 768, 2048, 4099] {
             let x = randn(21, &[33, n], dt).add_scalar(0.5).unwrap().detach().set_requires_grad(true);
             let w = randn(22, &[n], dt).set_requires_grad(true);
             let b = randn(23, &[n], dt).set_requires_grad(true);

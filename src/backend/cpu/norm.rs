@@ -294,49 +294,67 @@ fn check_targets(t: &[i64], c: usize, ignore: i64) -> Result<()> {
     Ok(())
 }
 
-fn ce_fwd<T: Real>(x: &[T], t: &[i64], c: usize, ignore: i64) -> Vec<T> {
+/// Per-row loss and the row's (max, sum of exp(x − max)) pair, which the backward reuses instead of
+/// reading the row a second time.
+fn ce_fwd<T: Real>(x: &[T], t: &[i64], c: usize, ignore: i64) -> (Vec<T>, Vec<T>) {
     let f = |(row, &tv): (&[T], &i64)| {
         if tv == ignore {
-            return T::ZERO;
+            return (T::ZERO, [T::ZERO, T::ONE]);
         }
         simd(
             #[inline(always)]
             || {
                 let max = row_max(row);
                 let sum = lane_sum([row], |[v]| exp_masked(v - max));
-                sum.ln() + max - row[tv as usize]
+                (sum.ln() + max - row[tv as usize], [max, sum])
             },
         )
     };
-    if x.len() >= PAR_THRESHOLD {
+    let rows: Vec<(T, [T; 2])> = if x.len() >= PAR_THRESHOLD {
         x.par_chunks(c).zip(t.par_iter()).map(f).collect()
     } else {
         x.chunks(c).zip(t.iter()).map(f).collect()
-    }
+    };
+    (rows.iter().map(|r| r.0).collect(), rows.iter().flat_map(|r| r.1).collect())
 }
 
 /// Per-row cross-entropy −log softmax(x)[t] of contiguous logits [N, C]; rows whose target is `ignore`
-/// give 0. A target outside 0..C is an error naming it.
-pub fn cross_entropy_forward(logits: &CpuStorage, targets: &[i64], c: usize, ignore: i64) -> Result<CpuStorage> {
+/// give 0. A target outside 0..C is an error naming it. Also returns the statistics the backward needs:
+/// [N, 2] (row max, sum of exp(x − max)) in f32 (f64 for f64 logits).
+pub fn cross_entropy_forward(
+    logits: &CpuStorage,
+    targets: &[i64],
+    c: usize,
+    ignore: i64,
+) -> Result<(CpuStorage, CpuStorage)> {
+    const OP: &str = "cross_entropy";
     check_targets(targets, c, ignore)?;
-    Ok(super::float_map!("cross_entropy", logits, |v| ce_fwd(v, targets, c, ignore)))
+    let dt = logits.dtype();
+    Ok(match wide(OP, logits)? {
+        Wide::F32(x) => {
+            let (loss, stats) = ce_fwd(&x, targets, c, ignore);
+            (CpuStorage::from_f32s(dt, loss), CpuStorage::F32(stats))
+        }
+        Wide::F64(x) => {
+            let (loss, stats) = ce_fwd(x, targets, c, ignore);
+            (CpuStorage::F64(loss), CpuStorage::F64(stats))
+        }
+    })
 }
 
 #[allow(clippy::type_complexity)]
-fn ce_bwd<T: Real>(x: &[T], t: &[i64], gr: &[T], c: usize, ignore: i64) -> Vec<T> {
-    let f = |((o, row), (&tv, &g)): ((&mut [MaybeUninit<T>], &[T]), (&i64, &T))| {
+fn ce_bwd<T: Real>(x: &[T], t: &[i64], stats: &[T], gr: &[T], c: usize, ignore: i64) -> Vec<T> {
+    let f = |((o, row), ((&tv, &g), st)): ((&mut [MaybeUninit<T>], &[T]), ((&i64, &T), &[T]))| {
         if tv == ignore {
             o.iter_mut().for_each(|v| {
                 v.write(T::ZERO);
             });
             return;
         }
+        let (max, scale) = (st[0], g / st[1]);
         simd(
             #[inline(always)]
             || {
-                let max = row_max(row);
-                let sum = lane_sum([row], |[v]| exp_masked(v - max));
-                let scale = g / sum;
                 for (oj, &v) in o.iter_mut().zip(row) {
                     oj.write(exp_masked(v - max) * scale);
                 }
@@ -348,20 +366,40 @@ fn ce_bwd<T: Real>(x: &[T], t: &[i64], gr: &[T], c: usize, ignore: i64) -> Vec<T
     };
     fill_vec(x.len(), |out| {
         if x.len() >= PAR_THRESHOLD {
-            out.par_chunks_mut(c).zip(x.par_chunks(c)).zip(t.par_iter().zip(gr.par_iter())).for_each(f);
+            out.par_chunks_mut(c)
+                .zip(x.par_chunks(c))
+                .zip(t.par_iter().zip(gr.par_iter()).zip(stats.par_chunks(2)))
+                .for_each(f);
         } else {
-            out.chunks_mut(c).zip(x.chunks(c)).zip(t.iter().zip(gr.iter())).for_each(f);
+            out.chunks_mut(c).zip(x.chunks(c)).zip(t.iter().zip(gr.iter()).zip(stats.chunks(2))).for_each(f);
         }
     })
 }
 
-/// Gradient of the per-row cross-entropy with respect to the logits: (softmax − onehot)·g_row.
+/// Gradient of the per-row cross-entropy with respect to the logits: (softmax − onehot)·g_row, from the
+/// forward's statistics (one pass over the logits).
 pub fn cross_entropy_backward(
     logits: &CpuStorage,
     targets: &[i64],
+    stats: &CpuStorage,
     grad_rows: &CpuStorage,
     c: usize,
     ignore: i64,
 ) -> Result<CpuStorage> {
-    Ok(super::float_map2!("cross_entropy_backward", logits, grad_rows, |x, g| ce_bwd(x, targets, g, c, ignore)))
+    const OP: &str = "cross_entropy_backward";
+    let dt = logits.dtype();
+    let rows = targets.len();
+    if stats.len() != 2 * rows || grad_rows.len() != rows || logits.len() != rows * c {
+        return Err(Error::invalid(
+            OP,
+            format!("{rows} rows of {c} logits need {rows} gradients and 2·{rows} statistics"),
+        ));
+    }
+    Ok(match (wide(OP, logits)?, wide(OP, grad_rows)?, stats) {
+        (Wide::F32(x), Wide::F32(g), CpuStorage::F32(st)) => {
+            CpuStorage::from_f32s(dt, ce_bwd(&x, targets, st, &g, c, ignore))
+        }
+        (Wide::F64(x), Wide::F64(g), CpuStorage::F64(st)) => CpuStorage::F64(ce_bwd(x, targets, st, g, c, ignore)),
+        _ => return Err(Error::DType { op: OP, expected: stats.dtype(), got: grad_rows.dtype() }),
+    })
 }

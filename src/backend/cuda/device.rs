@@ -121,6 +121,24 @@ impl CudaDevice {
         self.module.func(name, self.device())
     }
 
+    /// How many blocks of `threads` threads of kernel `name` the whole device holds at once (SMs × blocks
+    /// per SM, from the driver's occupancy calculator): the grid of a kernel whose blocks loop over the
+    /// work. Host-side only; no synchronisation.
+    pub(crate) fn resident_blocks(&self, name: &'static str, threads: u32) -> Result<usize> {
+        let f = self.func(name)?;
+        let sm_attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        // SAFETY: `f` is a loaded function of this device's module; the attribute query has no side effects.
+        let (per_sm, sms) = unsafe {
+            (
+                result::occupancy::max_active_block_per_multiprocessor(f.0, threads as i32, 0),
+                result::device::get_attribute(self.ctx.cu_device(), sm_attr),
+            )
+        };
+        let per_sm = per_sm.map_err(|e| self.err(name, e))?;
+        let sms = sms.map_err(|e| self.err(name, e))?;
+        Ok((per_sm.max(1) as usize) * (sms.max(1) as usize))
+    }
+
     /// Enqueues kernel `name` on the stream. `args` point at values laid out as the kernel's parameters.
     pub(crate) fn launch(
         &self,

@@ -141,6 +141,12 @@ pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStor
             .map_err(|e| dev.err("copy", e))?;
         return Ok(out);
     }
+    if dtype == x.dtype() {
+        if let Some(grid) = sx.transpose_grid() {
+            launch!(dev, kname("transpose_copy", dtype), grid, (32, 8, 1); x.ptr(), sx, out.ptr(), n as i64)?;
+            return Ok(out);
+        }
+    }
     let name = intern(format!("cast_{}_{}", x.dtype().name(), dtype.name()));
     launch!(dev, name, grid_for(n, THREADS), (THREADS, 1, 1); x.ptr(), sx, out.ptr(), n as i64, contig as i32)?;
     Ok(out)

@@ -33,9 +33,9 @@ pub fn kernel_names() -> Vec<String> {
     per(&mut v, &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal"], &FLOATS);
     per(&mut v, &["binary", "binary_rows"], &["f32", "f64", "bf16", "f16", "i64"]);
     per(&mut v, &["compare", "where", "copy_into", "fill", "reduce_rows", "reduce_finish", "reduce_small"], &ALL);
-    per(&mut v, &["argmax", "index_select", "index_add", "gather", "scatter_add"], &ALL);
+    per(&mut v, &["argmax", "index_select", "index_add", "gather", "scatter_add", "transpose_copy"], &ALL);
     per(&mut v, &["adam_update", "sgd_update"], &["f32", "f64"]);
-    per(&mut v, &["norm_backward_fused_rows"], &["f32", "bf16", "f16"]);
+    per(&mut v, &["norm_backward_fused_rows", "norm_backward_fused_finish"], &["f32", "bf16", "f16"]);
     for s in ALL {
         for d in ALL {
             v.push(format!("cast_{s}_{d}"));

@@ -5,9 +5,24 @@ use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
 
-/// Blocks of the fused norm backward: enough to fill an H100/H200 (132 SMs) twice; each writes one partial
-/// row of weight and bias gradients.
-const FUSED_BLOCKS: usize = 264;
+/// Values per thread and most threads per block of the fused norm backward (FUSED_VALS and FUSED_THREADS
+/// in kernels/norm.cu).
+const FUSED_VALS: usize = 16;
+const FUSED_THREADS: usize = 512;
+/// Fewest rows each block of the fused backward walks: every block writes a partial row of weight and
+/// bias gradients, so fewer, longer-lived blocks keep that extra traffic small next to x and g.
+const FUSED_MIN_ROWS_PER_BLOCK: usize = 16;
+
+/// Threads per block of the fused norm backward, when it applies: rows of whole 16-byte packs, every
+/// pointer 16-byte aligned, at most FUSED_VALS values per thread (rows up to 8192).
+fn fused_threads(n: usize, dtype: DType, ptrs: &[u64]) -> Option<u32> {
+    let fits = dtype != DType::F64
+        && n > 0
+        && n.is_multiple_of(16 / dtype.size_in_bytes())
+        && n <= FUSED_VALS * FUSED_THREADS
+        && ptrs.iter().all(|p| p.is_multiple_of(16));
+    fits.then(|| (n.div_ceil(FUSED_VALS).div_ceil(32) * 32).clamp(32, FUSED_THREADS) as u32)
+}
 
 fn stats_dtype(d: DType) -> DType {
     if d == DType::F64 {
@@ -49,7 +64,7 @@ pub(crate) fn norm_forward(
     let mean = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
     let rstd = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
     if rows > 0 {
-        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr()]) {
+        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
             Some(t) => ("norm_forward_rows", t),
             None => ("norm_forward", row_threads(n)),
         };
@@ -86,23 +101,25 @@ pub(crate) fn norm_backward(
     let dev = x.dev();
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
-    let cached = cached_row_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr()]);
-    if let (Some(t), true, true) = (cached, x.dtype() != DType::F64, rows > 0 && (w.is_some() || has_bias)) {
-        // Fused: input gradient and per-block weight/bias partials in one pass over x and g.
-        let blocks = rows.min(FUSED_BLOCKS);
+    let fused = fused_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]);
+    if let (Some(t), true) = (fused, rows > 0 && (w.is_some() || has_bias)) {
+        // Fused: input gradient and per-block weight/bias partials in one pass over x and g, with as many
+        // blocks as the GPU holds at once.
+        let name = kname("norm_backward_fused_rows", x.dtype());
+        let blocks = dev.resident_blocks(name, t)?.min(rows.div_ceil(FUSED_MIN_ROWS_PER_BLOCK)).max(1);
         let (pw, pb) =
-            (CudaStorage::alloc(dev, DType::F64, blocks * n)?, CudaStorage::alloc(dev, DType::F64, blocks * n)?);
-        launch!(dev, kname("norm_backward_fused_rows", x.dtype()), (blocks as u32, 1, 1), (t, 1, 1);
+            (CudaStorage::alloc(dev, DType::F32, blocks * n)?, CudaStorage::alloc(dev, DType::F32, blocks * n)?);
+        launch!(dev, name, (blocks as u32, 1, 1), (t, 1, 1);
             x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows as i64, n as i64, rms as i32, pw.ptr(), pb.ptr())?;
         let gw = w.map(|_| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let gb = has_bias.then(|| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let (gwp, gbp) = (gw.as_ref().map_or(0, |s| s.ptr()), gb.as_ref().map_or(0, |s| s.ptr()));
-        launch!(dev, kname("norm_backward_wb_finish", x.dtype()), grid_for(n, 256), (256, 1, 1);
+        launch!(dev, kname("norm_backward_fused_finish", x.dtype()), grid_for(n, 256), (256, 1, 1);
             pw.ptr(), pb.ptr(), blocks as i32, n as i64, gwp, gbp)?;
         return Ok((gx, gw, gb));
     }
     if rows > 0 {
-        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr()]) {
+        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]) {
             Some(t) => ("norm_backward_x_rows", t),
             None => ("norm_backward_x", row_threads(n)),
         };
@@ -139,32 +156,51 @@ fn check_targets(x: &CudaStorage, t: &CudaStorage) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn cross_entropy_forward(x: &CudaStorage, t: &CudaStorage, c: usize, ignore: i64) -> Result<CudaStorage> {
+/// Per-row losses and the [rows, 2] (max, sum of exp(x − max)) statistics the backward reads.
+pub(crate) fn cross_entropy_forward(
+    x: &CudaStorage,
+    t: &CudaStorage,
+    c: usize,
+    ignore: i64,
+) -> Result<(CudaStorage, CudaStorage)> {
     check_targets(x, t)?;
     let rows = t.len();
     let out = CudaStorage::alloc(x.dev(), x.dtype(), rows)?;
+    let stats = CudaStorage::alloc(x.dev(), stats_dtype(x.dtype()), 2 * rows)?;
     if rows > 0 {
         launch!(x.dev(), kname("cross_entropy_forward", x.dtype()), (rows as u32, 1, 1), (row_threads(c), 1, 1);
-            x.ptr(), t.ptr(), out.ptr(), c as i64, ignore)?;
+            x.ptr(), t.ptr(), out.ptr(), stats.ptr(), c as i64, ignore)?;
     }
-    Ok(out)
+    Ok((out, stats))
 }
 
 pub(crate) fn cross_entropy_backward(
     x: &CudaStorage,
     t: &CudaStorage,
+    stats: &CudaStorage,
     g: &CudaStorage,
     c: usize,
     ignore: i64,
 ) -> Result<CudaStorage> {
+    const OP: &str = "cross_entropy_backward";
     check_targets(x, t)?;
-    same_device("cross_entropy_backward", x, g)?;
-    same_dtype("cross_entropy_backward", x, g)?;
+    same_device(OP, x, g)?;
+    same_dtype(OP, x, g)?;
+    same_device(OP, x, stats)?;
     let rows = t.len();
+    if stats.dtype() != stats_dtype(x.dtype()) {
+        return Err(Error::DType { op: OP, expected: stats_dtype(x.dtype()), got: stats.dtype() });
+    }
+    if stats.len() != 2 * rows || g.len() != rows || x.len() != rows * c {
+        return Err(Error::invalid(
+            OP,
+            format!("{rows} rows of {c} logits need {rows} gradients and 2·{rows} statistics"),
+        ));
+    }
     let out = CudaStorage::alloc(x.dev(), x.dtype(), x.len())?;
     if rows > 0 {
         launch!(x.dev(), kname("cross_entropy_backward", x.dtype()), (rows as u32, 1, 1), (row_threads(c), 1, 1);
-            x.ptr(), t.ptr(), g.ptr(), out.ptr(), c as i64, ignore)?;
+            x.ptr(), t.ptr(), stats.ptr(), g.ptr(), out.ptr(), c as i64, ignore)?;
     }
     Ok(out)
 }

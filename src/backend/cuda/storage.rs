@@ -165,6 +165,20 @@ impl Strided {
     pub(crate) fn inner(&self) -> usize {
         self.shape[self.rank.max(1) as usize - 1] as usize
     }
+    /// The grid of kernels/elementwise.cu's tiled transpose_copy when this view is a transposing one:
+    /// unit stride in the second-to-last dim but not in the last (after merging dims), so that a
+    /// per-element copy would read with a stride.
+    pub(crate) fn transpose_grid(&self) -> Option<(u32, u32, u32)> {
+        let r = self.rank as usize;
+        if r < 2 || self.strides[r - 2] != 1 || self.strides[r - 1] == 1 {
+            return None;
+        }
+        let (rows, cols) = (self.shape[r - 2] as usize, self.shape[r - 1] as usize);
+        let batches: usize = self.shape[..r - 2].iter().map(|&d| d as usize).product();
+        let tiles_y = rows.div_ceil(32);
+        (tiles_y <= 65_535 && rows * cols > 0)
+            .then(|| (cols.div_ceil(32) as u32, tiles_y as u32, batches.min(65_535) as u32))
+    }
     fn check(rank: usize) -> Result<()> {
         if rank > MAX_DIMS {
             return Err(Error::invalid("cuda", format!("views of rank {rank} after merging dims exceed {MAX_DIMS}")));
