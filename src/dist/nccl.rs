@@ -59,14 +59,27 @@ unsafe impl Sync for Nccl {}
 pub(crate) struct CudaWork {
     done: Arc<CudaEvent>,
     dev: Arc<CudaDevice>,
+    waited: bool,
     /// Keeps the buffers alive (out of the allocator's free lists) until the compute stream waits.
     _keep: Vec<Tensor>,
 }
 
 impl CudaWork {
     /// Orders the compute stream after the collective (no host synchronisation).
-    pub(crate) fn wait(self) -> Result<()> {
+    pub(crate) fn wait(mut self) -> Result<()> {
+        self.waited = true;
         self.dev.stream().wait(&self.done).map_err(|e| self.dev.err("wait for collective", e))
+    }
+}
+
+impl Drop for CudaWork {
+    /// A collective dropped without `wait` (an error part-way through backward, say) still orders the
+    /// compute stream after it before its buffers go back to the allocator, which hands memory out in
+    /// compute-stream order: otherwise the next op could reuse a buffer NCCL is still writing.
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = self.dev.stream().wait(&self.done);
+        }
     }
 }
 
@@ -140,7 +153,7 @@ impl Nccl {
             since: Instant::now(),
             what,
         });
-        Ok(CudaWork { done, dev: self.dev.clone(), _keep: keep })
+        Ok(CudaWork { done, dev: self.dev.clone(), waited: false, _keep: keep })
     }
 
     pub(crate) fn all_reduce(&self, t: &Tensor, avg: bool) -> Result<CudaWork> {
