@@ -1,7 +1,7 @@
 //! Files: safetensors read/write (interchangeable with PyTorch's `safetensors.torch`), module weights,
 //! and training checkpoints. Every write is atomic.
 
-mod atomic;
+pub(crate) mod atomic;
 mod checkpoint;
 mod format;
 mod module;

@@ -201,7 +201,8 @@ impl Gpt {
         if dir {
             let json = self.hf_config_json();
             let config = path.join(CONFIG_FILE);
-            std::fs::write(&config, json).map_err(|e| Error::io(&config, e))?;
+            // Atomic like the weights: a crash mid-save leaves the previous config.json whole.
+            crate::io::atomic::write_atomically(&config, json.as_bytes())?;
         }
         Ok(())
     }
