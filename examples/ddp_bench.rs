@@ -57,14 +57,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Milliseconds per step over `steps` steps, with the device drained before and after.
-fn time_steps(device: Device, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_steps(device: Device, steps: usize, step: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(profile_steps(device, steps, step)?.0)
+}
+
+/// (ms per step, ms per step the host spent queueing work, munja kernel launches per step). On a GPU the
+/// host returns before the work is done, so queueing time close to the step time means the step is
+/// bound by the host (launch overhead), not by the GPU.
+fn profile_steps(device: Device, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
     cuda::synchronize(device)?;
+    let launches = cuda::kernel_launches();
     let t = Instant::now();
     for _ in 0..steps {
         step()?;
     }
+    let queued = t.elapsed().as_secs_f64();
     cuda::synchronize(device)?;
-    Ok(t.elapsed().as_secs_f64() * 1e3 / steps as f64)
+    let n = steps as f64;
+    Ok((t.elapsed().as_secs_f64() * 1e3 / n, queued * 1e3 / n, (cuda::kernel_launches() - launches) as f64 / n))
 }
 
 fn run() -> Result<()> {
@@ -145,6 +155,16 @@ fn run() -> Result<()> {
             stats.launched_during_backward + stats.launched_at_end
         );
         println!("ddp_overhead_percent {:.2}", 100.0 * (mb / ma - 1.0));
+    }
+    if gpu {
+        // Where a GPU step's time goes: host queueing vs the GPU (one more pass of each, after the table).
+        let (pa, pb) =
+            (profile_steps(device, args.steps, &mut step_plain)?, profile_steps(device, args.steps, &mut step_ddp)?);
+        if pg.is_main() {
+            for (name, (ms, queued, launches)) in [("plain", pa), ("Ddp", pb)] {
+                println!("{name}: {ms:.2} ms/step, of which the host queued for {queued:.2} ms; {launches:.0} munja kernel launches per step");
+            }
+        }
     }
     Ok(())
 }

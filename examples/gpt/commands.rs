@@ -283,7 +283,10 @@ fn train_in(args: &Args, device: Device, pg: &ProcessGroup) -> Result<()> {
     let stop = install_stop_handler()?;
     let energy = EnergyMeter::start(device);
     let session = Session { out: &out, stop, verbose: true };
+    let (launches_before, step_before) = (munja::cuda::kernel_launches(), t.step);
     let summary = t.train(&session, &mut |_: &Event| {})?;
+    let launches_per_step =
+        (munja::cuda::kernel_launches() - launches_before) as f64 / (t.step - step_before).max(1) as f64;
     let energy_j = total_energy(&t, energy.and_then(EnergyMeter::finish))?;
     let ckpt = checkpoint::checkpoint_file(&out);
     if summary.outcome == Outcome::Stopped {
@@ -310,6 +313,7 @@ fn train_in(args: &Args, device: Device, pg: &ProcessGroup) -> Result<()> {
         flops_per_token: t.model.flops_per_token(),
         energy_j,
         world: t.world(),
+        launches_per_step,
     };
     for line in report.lines() {
         println!("{line}");

@@ -17,6 +17,8 @@ pub struct RunReport {
     pub energy_j: Option<f64>,
     /// Processes (GPUs) that trained together; tokens and energy are their totals.
     pub world: usize,
+    /// munja's own kernel launches per training step this session (evaluations included; cuBLASLt not).
+    pub launches_per_step: f64,
 }
 
 /// "4m 58.2s".
@@ -66,6 +68,13 @@ impl RunReport {
                 }
             }
             Device::Cpu => out.push("  MFU            not computed on the CPU (no reference peak)".into()),
+        }
+        if let Device::Cuda(_) = self.device {
+            // Each launch costs the host a few µs: with many short kernels that, not the GPU, sets the pace.
+            out.push(format!(
+                "  launches       {:.0} munja kernels per step (evaluations included)",
+                self.launches_per_step
+            ));
         }
         match self.energy_j {
             Some(j) => out.push(format!(

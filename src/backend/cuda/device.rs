@@ -18,6 +18,14 @@ pub(crate) struct CudaDevice {
 }
 
 static DEVICES: OnceLock<Mutex<Vec<Option<Arc<CudaDevice>>>>> = OnceLock::new();
+static KERNEL_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many of munja's own kernels have been launched, over all devices, since the process began (cuBLASLt
+/// matmuls, copies and NCCL not included). Launches per step say how much host work a step is: a loop
+/// whose kernels are shorter than their launch cost leaves the GPU idle.
+pub fn kernel_launches() -> usize {
+    KERNEL_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn unavailable(device: Device, detail: impl Into<String>) -> Error {
     Error::DeviceUnavailable { op: "cuda", device, detail: detail.into() }
@@ -151,6 +159,7 @@ impl CudaDevice {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        KERNEL_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller passes arguments matching the kernel's signature (see the launch! macro uses).
         unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }.map_err(|e| self.err(name, e))
     }

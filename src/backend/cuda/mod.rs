@@ -24,7 +24,7 @@ mod storage;
 
 pub use alloc::driver_allocations;
 pub use blas::{set_tf32, tf32_enabled};
-pub use device::{device_count, is_available, synchronize, time_ms};
+pub use device::{device_count, is_available, kernel_launches, synchronize, time_ms};
 pub use module::{kernel_names, FATBIN, PTXAS_REPORT};
 pub use storage::CudaStorage;
 
