@@ -22,6 +22,8 @@ inline double to_d(float x) { return x; }
 inline double to_d(double x) { return x; }
 inline double to_d(__nv_bfloat16 x) { return (double)__bfloat162float(x); }
 inline double to_d(__half x) { return (double)__half2float(x); }
+inline double to_d(int64_t x) { return (double)x; }  // index and integer kernels (values well below 2^53)
+inline double to_d(uint8_t x) { return x; }
 template <typename T> T from_d(double x) {
     if constexpr (std::is_same_v<T, __nv_bfloat16>) return __double2bfloat16(x);
     else if constexpr (std::is_same_v<T, __half>) return __double2half(x);
@@ -31,6 +33,8 @@ template <typename T> const char* tname() {
     if constexpr (std::is_same_v<T, float>) return "f32";
     else if constexpr (std::is_same_v<T, double>) return "f64";
     else if constexpr (std::is_same_v<T, __nv_bfloat16>) return "bf16";
+    else if constexpr (std::is_same_v<T, int64_t>) return "i64";
+    else if constexpr (std::is_same_v<T, uint8_t>) return "u8";
     else return "f16";
 }
 // Tolerance relative to the largest reference magnitude, per element type.

@@ -1,0 +1,121 @@
+// kernels/optim.cu on the emulator: adam_update (Adam with L2 weight decay, AdamW with decoupled decay) and
+// sgd_update (plain, momentum with dampening, Nesterov, weight decay), launched for several steps as
+// src/backend/cuda/optim.rs does (bias corrections and 1 - dampening on the host, in f64), against f64
+// references of the formulas in src/optim/{adam,sgd}.rs (PyTorch's), and Adam bit for bit against the CPU
+// backend's loop (src/backend/cpu/optim.rs) run in T.
+#include "cuda_emu.h"
+#include "../optim.cu"
+#include "check.h"
+using namespace chk;
+
+constexpr unsigned THREADS = 256;
+constexpr int STEPS = 5;
+
+template <typename T> struct K;
+#define KO(S, T) template <> struct K<T> { static constexpr auto adam = adam_update_##S, sgd = sgd_update_##S; };
+KO(f32, float) KO(f64, double)
+
+struct AdamP { double lr, b1, b2, eps, wd; bool decoupled; };
+
+// `STEPS` steps of Adam/AdamW on n parameters, a fresh gradient each step; p, m and v compared after
+// every step. Slightly unaligned buffers, as parameters at an offset in a shared allocation would be.
+template <typename T> void adam(size_t n, AdamP h) {
+    Buf<T> p(n, 1), g(n), m(n), v(n);
+    p.fill_random(-1, 1);
+    m.fill(0), v.fill(0);  // Adam's state starts at zero (zeros_like)
+    std::vector<double> rp(n), rm(n, 0.0), rv(n, 0.0);
+    std::vector<T> cp(n), cm(n, T(0)), cv(n, T(0));  // the CPU backend's loop, in T
+    for (size_t i = 0; i < n; ++i) rp[i] = p.d(i), cp[i] = p[i];
+    for (int t = 1; t <= STEPS; ++t) {
+        g.fill_random(-0.5, 0.5);
+        if (t == 3) g[0] = 0;  // a zero gradient: v may stay tiny, eps matters
+        // adam_update's host constants.
+        double bc1 = 1 - std::pow(h.b1, t), bc2 = 1 - std::pow(h.b2, t);
+        double step_size = h.lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1 - h.lr * h.wd;
+        emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::adam, p.ptr(), g.ptr(), m.ptr(), v.ptr(), (int64_t)n,
+                    h.b1, h.b2, h.eps, h.wd, step_size, bc2_sqrt, decay, (int)h.decoupled);
+        // torch.optim.Adam / AdamW, in f64.
+        for (size_t i = 0; i < n; ++i) {
+            double gi = g.d(i);
+            if (h.decoupled) rp[i] *= 1 - h.lr * h.wd;
+            else gi += h.wd * rp[i];
+            rm[i] = h.b1 * rm[i] + (1 - h.b1) * gi;
+            rv[i] = h.b2 * rv[i] + (1 - h.b2) * gi * gi;
+            double mhat = rm[i] / bc1, vhat = rv[i] / bc2;
+            // PyTorch divides by (sqrt(v) / sqrt(bc2) + eps), not sqrt(vhat) + eps; the two agree exactly.
+            rp[i] -= h.lr * mhat / (std::sqrt(vhat) + h.eps);
+        }
+        // src/backend/cpu/optim.rs adam_chunk: constants rounded to T, one branch-free loop (decay 1 or
+        // l2 0). Same operations in the same order, and x86-64 without -mfma cannot fuse a multiply-add, so
+        // here the kernel must agree bit for bit. (On the device nvcc fuses by default, --fmad=true, so
+        // there the two agree to rounding only.)
+        T b1 = h.b1, b2 = h.b2, omb1 = 1 - h.b1, omb2 = 1 - h.b2, eps = h.eps, ss = step_size, bs = bc2_sqrt;
+        T dc = h.decoupled ? (T)decay : (T)1, l2 = h.decoupled ? (T)0 : (T)h.wd;
+        for (size_t i = 0; i < n; ++i) {
+            T gi = g[i] + l2 * cp[i];
+            cm[i] = b1 * cm[i] + omb1 * gi;
+            cv[i] = b2 * cv[i] + omb2 * gi * gi;
+            cp[i] = cp[i] * dc - ss * (cm[i] / (std::sqrt(cv[i]) / bs + eps));
+        }
+        char name[160];
+        snprintf(name, sizeof name, "adam_update_%s %s n=%zu lr=%g wd=%g step %d", tname<T>(), h.decoupled ? "AdamW" : "Adam",
+                 n, h.lr, h.wd, t);
+        std::string base = name;
+        compare(base + " p", p.ptr(), rp, tol<T>());
+        compare(base + " m", m.ptr(), rm, tol<T>());
+        compare(base + " v", v.ptr(), rv, tol<T>());
+        std::vector<double> cpd(n);
+        for (size_t i = 0; i < n; ++i) cpd[i] = cp[i];
+        compare(base + " p == CPU backend", p.ptr(), cpd, 0);
+    }
+}
+
+struct SgdP { double lr, mom, damp, wd; bool nesterov; };
+
+// `STEPS` steps of SGD; with momentum the first step initialises the buffer (first = 1), as Sgd::step.
+template <typename T> void sgd(size_t n, SgdP h) {
+    bool has_buf = h.mom != 0;
+    Buf<T> p(n), g(n), b(n);
+    p.fill_random(-1, 1);
+    b.fill(0);  // zeros_like: the first step must overwrite it, not blend with it
+    std::vector<double> rp(n), rb(n, 0.0);
+    for (size_t i = 0; i < n; ++i) rp[i] = p.d(i);
+    for (int t = 1; t <= STEPS; ++t) {
+        g.fill_random(-0.5, 0.5);
+        emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::sgd, p.ptr(), g.ptr(), has_buf ? b.ptr() : nullptr,
+                    (int64_t)n, h.lr, h.mom, 1 - h.damp, h.wd, (int)h.nesterov, (int)(t == 1));
+        // torch.optim.SGD, in f64.
+        for (size_t i = 0; i < n; ++i) {
+            double gi = g.d(i) + h.wd * rp[i];
+            if (has_buf) {
+                rb[i] = t == 1 ? gi : h.mom * rb[i] + (1 - h.damp) * gi;
+                gi = h.nesterov ? gi + h.mom * rb[i] : rb[i];
+            }
+            rp[i] -= h.lr * gi;
+        }
+        char name[160];
+        snprintf(name, sizeof name, "sgd_update_%s n=%zu mom=%g damp=%g wd=%g nesterov=%d step %d", tname<T>(), n, h.mom,
+                 h.damp, h.wd, (int)h.nesterov, t);
+        std::string base = name;
+        compare(base + " p", p.ptr(), rp, tol<T>());
+        if (has_buf) compare(base + " buf", b.ptr(), rb, tol<T>());
+    }
+}
+
+template <typename T> void all() {
+    adam<T>(1003, {1e-3, 0.9, 0.999, 1e-8, 0.0, false});   // torch.optim.Adam defaults
+    adam<T>(1003, {1e-2, 0.9, 0.999, 1e-8, 0.1, false});   // L2 weight decay through the gradient
+    adam<T>(1003, {1e-2, 0.9, 0.999, 1e-8, 0.01, true});   // AdamW
+    adam<T>(300, {3e-2, 0.8, 0.99, 1e-6, 0.5, true});      // AdamW, strong decay, other betas
+    sgd<T>(1003, {0.1, 0, 0, 0, false});                   // plain: no buffer
+    sgd<T>(1003, {0.1, 0, 0, 0.05, false});                // plain with weight decay
+    sgd<T>(1003, {0.05, 0.9, 0.1, 0.01, false});           // momentum, dampening, weight decay
+    sgd<T>(1003, {0.05, 0.9, 0, 0, true});                 // Nesterov
+    sgd<T>(300, {0.05, 0.5, 0, 0.1, true});                // Nesterov with weight decay
+}
+
+int main() {
+    all<float>();
+    all<double>();
+    return finish("optim");
+}

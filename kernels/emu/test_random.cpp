@@ -1,0 +1,107 @@
+// kernels/random.cu on the emulator: uniform and normal, launched as src/backend/cuda/random.rs does, against
+// a port of src/rng.rs (Philox4x32-10, uniform_from, normal_from): uniform must match bit for bit in every
+// float type (the CPU rounds its f32 draws to the dtype), normal to rounding, for several seeds and start
+// blocks (high words of both in use) and lengths that are not a multiple of 4 (or of 2).
+#include "cuda_emu.h"
+#include "../random.cu"
+#include "check.h"
+using namespace chk;
+
+constexpr unsigned THREADS = 256;
+
+template <typename T> struct K;
+#define KR(S, T) template <> struct K<T> { static constexpr auto uniform = uniform_##S, normal = normal_##S; };
+KR(f32, float) KR(f64, double) KR(bf16, bf16) KR(f16, f16)
+
+// --- src/rng.rs ---
+inline std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
+    for (int r = 0; r < 10; ++r) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
+        c = {(uint32_t)(p1 >> 32) ^ c[1] ^ k[0], (uint32_t)p1, (uint32_t)(p0 >> 32) ^ c[3] ^ k[1], (uint32_t)p0};
+        k = {k[0] + 0x9E3779B9u, k[1] + 0xBB67AE85u};
+    }
+    return c;
+}
+inline std::array<uint32_t, 4> philox_block(uint64_t seed, uint64_t block) {
+    return philox4x32({(uint32_t)block, (uint32_t)(block >> 32), 0, 0}, {(uint32_t)seed, (uint32_t)(seed >> 32)});
+}
+inline float u32_to_unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+inline std::vector<float> uniform_from(uint64_t seed, uint64_t block, size_t n) {
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; ++i) out[i] = u32_to_unit(philox_block(seed, block + i / 4)[i % 4]);
+    return out;
+}
+inline std::vector<double> normal_from(uint64_t seed, uint64_t block, size_t n) {
+    std::vector<double> out(n);
+    const double inv53 = 1.0 / (double)(1ull << 53);
+    for (size_t j = 0; 2 * j < n; ++j) {
+        auto r = philox_block(seed, block + j);
+        double u1 = 1.0 - (double)(((uint64_t)r[0] << 21) ^ ((uint64_t)r[1] >> 11)) * inv53;
+        double u2 = (double)(((uint64_t)r[2] << 21) ^ ((uint64_t)r[3] >> 11)) * inv53;
+        double rad = std::sqrt(-2.0 * std::log(u1)), theta = 2.0 * M_PI * u2;
+        out[2 * j] = rad * std::cos(theta);
+        if (2 * j + 1 < n) out[2 * j + 1] = rad * std::sin(theta);
+    }
+    return out;
+}
+
+// The Random123 known answers rng.rs tests (kat_vectors, philox4x32_10), for the port and for the kernel's
+// own philox() (an ordinary function under the emulator), whose counter's upper words are always 0.
+void known_answers() {
+    auto a = philox4x32({0, 0, 0, 0}, {0, 0}), b = philox4x32({~0u, ~0u, ~0u, ~0u}, {~0u, ~0u});
+    uint4 k = philox(0, 0);
+    std::vector<double> got = {(double)a[0], (double)a[1], (double)a[2], (double)a[3], (double)b[0], (double)b[1],
+                               (double)b[2], (double)b[3], (double)k.x, (double)k.y, (double)k.z, (double)k.w};
+    std::vector<double> want = {0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8, 0x408f276d, 0x41c83b0e,
+                                0xa20bc7c6, 0x6d5451fd, 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8};
+    compare("philox4x32-10 known answers (port, kernel)", got.data(), want, 0);
+}
+
+// uniform(n) from block `start`: the CPU's f32 draws rounded to T, exactly.
+template <typename T> void uniform(size_t n, uint64_t seed, uint64_t start) {
+    Buf<T> y(n + 1);
+    y.fill(-1);  // the element past the end must stay untouched
+    emu::launch(dim3(grid_for((n + 3) / 4, THREADS)), dim3(THREADS), K<T>::uniform, y.ptr(), (int64_t)n, seed, start);
+    std::vector<float> u = uniform_from(seed, start, n);
+    std::vector<double> ref(n + 1, -1.0);
+    for (size_t i = 0; i < n; ++i) ref[i] = to_d(from_d<T>((double)u[i]));
+    char name[160];
+    snprintf(name, sizeof name, "uniform_%s n=%zu seed=%#llx start=%#llx", tname<T>(), n, (unsigned long long)seed,
+             (unsigned long long)start);
+    compare(name, y.ptr(), ref, 0);
+}
+
+// normal(n) from block `start` (one block per pair): the CPU's f64 normals rounded to T. The device's
+// sin/cos/log may differ from libm's by an ulp, hence a tolerance even in f64.
+template <typename T> void normal(size_t n, uint64_t seed, uint64_t start) {
+    Buf<T> y(n + 1);
+    y.fill(-1);
+    emu::launch(dim3(grid_for((n + 1) / 2, THREADS)), dim3(THREADS), K<T>::normal, y.ptr(), (int64_t)n, seed, start);
+    std::vector<double> z = normal_from(seed, start, n), ref(n + 1, -1.0);
+    for (size_t i = 0; i < n; ++i) ref[i] = to_d(from_d<T>(z[i]));
+    char name[160];
+    snprintf(name, sizeof name, "normal_%s n=%zu seed=%#llx start=%#llx", tname<T>(), n, (unsigned long long)seed,
+             (unsigned long long)start);
+    compare(name, y.ptr(), ref, sizeof(T) == 8 ? 1e-14 : tol<T>());
+}
+
+template <typename T> void all() {
+    // (seed, start): the default generator's first draw; a later offset; both 64-bit values past 2^32.
+    const uint64_t cases[][2] = {{0x5EED, 0}, {1, 7}, {(1ull << 40) + 123, (1ull << 32) + 5}};
+    for (auto& c : cases) {
+        for (size_t n : {1001, 6, 1}) uniform<T>(n, c[0], c[1]);
+        for (size_t n : {1001, 2, 1}) normal<T>(n, c[0], c[1]);
+    }
+}
+
+int main() {
+    known_answers();
+    all<float>();
+    all<bf16>();
+    all<double>();
+    all<f16>();
+    // A draw over more than one block of the grid: 2500 philox blocks, 10 thread blocks.
+    uniform<float>(10001, 42, 3);
+    normal<float>(5001, 42, 3);
+    return finish("random");
+}
