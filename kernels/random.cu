@@ -19,11 +19,20 @@ __device__ __forceinline__ uint4 philox(uint64_t seed, uint64_t block) {
 // 24 random bits as a float in [0, 1), exact in f32.
 __device__ __forceinline__ float unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
 
+// The largest value below 1 in T. A 24-bit draw rounded to bf16 or f16 can reach 1.0; it takes this value
+// instead, so draws stay in [0, 1) (the CPU backend does the same). f32/f64 hold every draw exactly.
+template <typename T> __device__ __forceinline__ double below_one() { return 1.0; }
+template <> __device__ __forceinline__ double below_one<bf16>() { return 0.99609375; }    // 1 − 2^-8
+template <> __device__ __forceinline__ double below_one<f16>() { return 0.99951171875; }  // 1 − 2^-11
+
 template <typename T> __device__ void uniform_k(T* y, int64_t n, uint64_t seed, uint64_t start) {
     GRID_LOOP(b, (n + 3) / 4) {
         uint4 r = philox(seed, start + (uint64_t)b);
         uint32_t w[4] = {r.x, r.y, r.z, r.w};
-        for (int k = 0; k < 4 && 4 * b + k < n; ++k) y[4 * b + k] = from_acc<T, double>((double)unit(w[k]));
+        for (int k = 0; k < 4 && 4 * b + k < n; ++k) {
+            T v = from_acc<T, double>((double)unit(w[k]));
+            y[4 * b + k] = to_acc<double>(v) >= 1.0 ? from_acc<T, double>(below_one<T>()) : v;
+        }
     }
 }
 

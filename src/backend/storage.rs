@@ -96,7 +96,11 @@ impl Storage {
     /// `n` uniform [0,1) numbers of the Philox stream (seed, block), as `dtype`.
     pub fn uniform(device: Device, dtype: DType, n: usize, seed: u64, block: u64) -> Result<Storage> {
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f32s(dtype, crate::rng::uniform_from(seed, block, n)))),
+            Device::Cpu => {
+                let mut s = CpuStorage::from_f32s(dtype, crate::rng::uniform_from(seed, block, n));
+                s.keep_below_one();
+                Ok(Storage::Cpu(s))
+            }
             Device::Cuda(i) => Ok(Storage::Cuda(cu::uniform(i, dtype, n, seed, block)?)),
         }
     }

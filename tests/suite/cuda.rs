@@ -529,6 +529,15 @@ fn indexing_matches_cpu_with_grads() {
             &x.detach().scatter_add(0, &gi.remainder6(), &src).unwrap(),
             tol(dt),
         );
+        // ~500 sources per destination: bf16 must add in f32 and round once, as the CPU does.
+        let many = Tensor::from_vec((0..2000).map(|i| (i % 4) as i64).collect(), &[2000], Device::Cpu).unwrap();
+        let (base, vals) = (randn(42, &[4], dt), randn(43, &[2000], dt));
+        close(
+            &format!("scatter_add 2000 into 4 {dt}"),
+            &on(&base, d).scatter_add(0, &on(&many, d), &on(&vals, d)).unwrap(),
+            &base.scatter_add(0, &many, &vals).unwrap(),
+            tol(dt),
+        );
         let sel = Tensor::from_vec(vec![5i64, 0, 5], &[3], Device::Cpu).unwrap();
         close(
             &format!("index_select dim 0 {dt}"),

@@ -395,6 +395,13 @@ fn seeded_generators_are_reproducible() {
     // Uniform is in [0, 1); normal has roughly zero mean and unit variance.
     let u = Tensor::rand_with(&mut Generator::new(1), &[20_000], DType::F32, CPU).unwrap().to_vec_f64().unwrap();
     assert!(u.iter().all(|v| (0.0..1.0).contains(v)));
+    // Also in half types, where about 1 in 500 draws rounds to 1.0 and must take the value below it.
+    for dt in [DType::BF16, DType::F16] {
+        let h = Tensor::rand_with(&mut Generator::new(1), &[20_000], dt, CPU).unwrap().to_vec_f64().unwrap();
+        assert!(h.iter().all(|v| (0.0..1.0).contains(v)), "{dt} draw outside [0, 1)");
+        let top = if dt == DType::BF16 { 0.99609375 } else { 0.99951171875 };
+        assert!(h.contains(&top), "{dt}: no draw rounded up to the largest value below 1");
+    }
     let n = Tensor::randn_with(&mut Generator::new(2), &[20_000], DType::F64, CPU).unwrap().to_vec_f64().unwrap();
     let mean = n.iter().sum::<f64>() / n.len() as f64;
     let var = n.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.len() as f64;

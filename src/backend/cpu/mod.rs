@@ -126,6 +126,20 @@ impl CpuStorage {
         }
     }
     /// Converts f32 values to `dtype`.
+    /// Uniform draws rounded to bf16/f16 can reach 1.0: those take the largest value below 1 instead, so
+    /// draws stay in [0, 1) (kernels/random.cu does the same). f32/f64 draws are exact already.
+    pub(crate) fn keep_below_one(&mut self) {
+        match self {
+            CpuStorage::BF16(v) => {
+                v.iter_mut().filter(|x| x.to_f32() >= 1.0).for_each(|x| *x = half::bf16::from_bits(0x3F7F))
+            }
+            CpuStorage::F16(v) => {
+                v.iter_mut().filter(|x| x.to_f32() >= 1.0).for_each(|x| *x = half::f16::from_bits(0x3BFF))
+            }
+            _ => {}
+        }
+    }
+
     pub fn from_f32s(dtype: DType, v: Vec<f32>) -> CpuStorage {
         match dtype {
             DType::F32 => CpuStorage::F32(v),

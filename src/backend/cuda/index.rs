@@ -31,6 +31,17 @@ pub(crate) fn index_select(x: &CudaStorage, shape: &[usize], dim: usize, idx: &C
     Ok(out)
 }
 
+/// For bf16/f16 storage, the cast back from an f32 result: the accumulating ops add in f32 and round once.
+fn half_type(x: &CudaStorage) -> Option<impl Fn(&CudaStorage) -> Result<CudaStorage>> {
+    let dtype = x.dtype();
+    matches!(dtype, DType::BF16 | DType::F16)
+        .then_some(move |w: &CudaStorage| cast(w, &Layout::contiguous(&[w.len()]), dtype))
+}
+
+fn widen(s: &CudaStorage) -> Result<CudaStorage> {
+    cast(s, &Layout::contiguous(&[s.len()]), DType::F32)
+}
+
 pub(crate) fn index_add(
     x: &CudaStorage,
     shape: &[usize],
@@ -41,14 +52,13 @@ pub(crate) fn index_add(
     idx_check("index_add", x, idx)?;
     same_device("index_add", x, src)?;
     same_dtype("index_add", x, src)?;
-    if matches!(x.dtype(), DType::BF16 | DType::F16) {
+    if let Some(narrow) = half_type(x) {
         // The kernel rounds each destination after every add; an embedding row's gradient sums one term per
         // occurrence of its token in the batch (thousands), and in 8 bits small terms stop registering once
         // the sum is a few hundred times larger. So half types add in f32 and round once, as the CPU
         // backend (f64) and PyTorch's embedding backward do.
-        let flat = |s: &CudaStorage| Layout::contiguous(&[s.len()]);
-        let wide = index_add(&cast(x, &flat(x), DType::F32)?, shape, dim, idx, &cast(src, &flat(src), DType::F32)?)?;
-        return cast(&wide, &flat(&wide), x.dtype());
+        let wide = index_add(&widen(x)?, shape, dim, idx, &widen(src)?)?;
+        return narrow(&wide);
     }
     let (outer, size, inner) = split(shape, dim);
     let out = x.clone();
@@ -84,6 +94,11 @@ pub(crate) fn scatter_add(
     idx_check("scatter_add", x, idx)?;
     same_device("scatter_add", x, src)?;
     same_dtype("scatter_add", x, src)?;
+    if let Some(narrow) = half_type(x) {
+        // As index_add: many sources can land on one destination (gather's backward), so add in f32.
+        let wide = scatter_add(&widen(x)?, shape, dim, idx, idx_shape, &widen(src)?)?;
+        return narrow(&wide);
+    }
     let (xs, is) = (Strided::contiguous(shape)?, Strided::contiguous(idx_shape)?);
     let lines = idx.len().checked_div(idx_shape[dim]).unwrap_or(0);
     let out = x.clone();
