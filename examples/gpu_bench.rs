@@ -142,7 +142,16 @@ fn main() -> Result<()> {
         0.0,
     );
     report("transpose copy f32", &format!("{r}x{c}"), ms, gb(8.0 * (r * c) as f64, ms), "GB/s", copy_gbs, &chk);
-    drop((x, bias, y, xt));
+    // Attention's head split: [b, t, h, d] -> [b, h, t, d] with d = 64 contiguous (16-byte pack copies).
+    let (hb, ht, hh, hd) = (64usize, 1024usize, 4usize, 64usize);
+    let hx = x.reshape(&[hb, ht, hh, hd][..])?;
+    let ms = time(d, || hx.transpose(1, 2)?.contiguous().map(|_| ()))?;
+    let hy = hx.transpose(1, 2)?.contiguous()?;
+    let want = hx.narrow(0, 0, 1)?.to_device(Device::Cpu)?.to_dtype(DType::F64)?.transpose(1, 2)?.contiguous()?;
+    let chk = verdict(rel_max(&hy.narrow(0, 0, 1)?.to_device(Device::Cpu)?.to_dtype(DType::F64)?, &want)?, 0.0);
+    let shape = format!("{hb}x{ht}x{hh}x{hd}");
+    report("head split copy f32", &shape, ms, gb(8.0 * (r * c) as f64, ms), "GB/s", copy_gbs, &chk);
+    drop((x, bias, y, xt, hx, hy));
 
     // ---- softmax, layer norm: [16384, 4096] ----
     let (rows, cols) = (16_384usize, 4096usize);

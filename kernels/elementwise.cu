@@ -327,6 +327,16 @@ template <typename T> __device__ void transpose_copy_kernel(const T* x, Strided 
     }
 }
 
+// Strided copies whose innermost dim is contiguous and made of whole 16-byte packs at 16-byte-aligned
+// offsets (attention's head split and merge, cat's slices): the host passes the views in units of packs,
+// so each thread moves 16 bytes and pays the index arithmetic once per pack, whatever the element type.
+__device__ void copy_packs_kernel(const uint4* x, Strided sx, uint4* y, int64_t n) {
+    GRID_LOOP(i, n) y[i] = x[strided_offset_n(sx, i, n)];
+}
+__device__ void copy_into_packs_kernel(uint4* d, Strided sd, const uint4* s, Strided ss, int64_t n) {
+    GRID_LOOP(i, n) d[strided_offset_n(sd, i, n)] = s[strided_offset_n(ss, i, n)];
+}
+
 // y[i] = v for i < n.
 template <typename T> __device__ void fill_kernel(T* y, int64_t n, double v) {
     T x = from_acc<T, double>(v);
@@ -365,6 +375,11 @@ FOR_ALL(COPY_INTO)
 #define TRANSPOSE_COPY(S, T) \
     extern "C" __global__ void transpose_copy_##S(const T* x, Strided sx, T* y, int64_t n) { transpose_copy_kernel<T>(x, sx, y, n); }
 FOR_ALL(TRANSPOSE_COPY)
+
+extern "C" __global__ void copy_packs(const uint4* x, Strided sx, uint4* y, int64_t n) { copy_packs_kernel(x, sx, y, n); }
+extern "C" __global__ void copy_into_packs(uint4* d, Strided sd, const uint4* s, Strided ss, int64_t n) {
+    copy_into_packs_kernel(d, sd, s, ss, n);
+}
 
 #define FILL(S, T) extern "C" __global__ void fill_##S(T* y, int64_t n, double v) { fill_kernel<T>(y, n, v); }
 FOR_ALL(FILL)

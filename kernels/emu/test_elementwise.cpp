@@ -151,6 +151,21 @@ inline bool transpose_grid(const Strided& s, dim3& g) {
     return s.shape[r - 2] * s.shape[r - 1] > 0;
 }
 
+// Strided::in_packs (storage.rs): the view in units of k elements when its innermost dim is contiguous
+// and every row starts on a pack.
+inline bool in_packs(const Strided& s, int64_t k, Strided& p) {
+    int r = s.rank;
+    if (r == 0 || s.strides[r - 1] != 1 || s.shape[r - 1] % k != 0 || s.offset % k != 0) return false;
+    for (int d = 0; d < r - 1; ++d)
+        if (s.strides[d] % k != 0) return false;
+    p = s;
+    p.shape[r - 1] /= k;
+    for (int d = 0; d < r - 1; ++d) p.strides[d] /= k;
+    p.offset /= k;
+    return true;
+}
+inline bool aligned(const void* p) { return (uintptr_t)p % 16 == 0; }
+
 // cast_S_D (x view -> contiguous y), as cast(); same dtype on a non-contiguous view is the strided copy.
 template <typename S, typename D, typename F> void cast(const char* kn, F kernel, Layout lx) {
     size_t xn = 0;
@@ -161,9 +176,15 @@ template <typename S, typename D, typename F> void cast(const char* kn, F kernel
     Buf<D> y(n);
     auto [v, contig] = views<1>({&lx});
     dim3 tg;
+    Strided pv;
+    const int64_t k = 16 / sizeof(S);
     if (std::is_same_v<S, D> && transpose_grid(v[0], tg)) {
         kn = "transpose_copy";  // as cast() on the host: same dtype and a transposing view
         emu::launch(tg, dim3(32, 8), K<S>::tr, x.ptr(), v[0], reinterpret_cast<S*>(y.ptr()), n);
+    } else if (std::is_same_v<S, D> && in_packs(v[0], k, pv) && aligned(x.ptr()) && aligned(y.ptr())) {
+        kn = "copy_packs";  // same dtype, rows of whole aligned packs
+        emu::launch(dim3(grid_for(n / k, THREADS)), dim3(THREADS), copy_packs, reinterpret_cast<const uint4*>(x.ptr()), pv,
+                    reinterpret_cast<uint4*>(y.ptr()), n / k);
     } else {
         emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), kernel, x.ptr(), v[0], y.ptr(), n, (int)contig);
     }
@@ -188,11 +209,20 @@ template <typename T> void copy_into(const char* what, Layout ld, Layout ls) {
     int64_t n = ld.numel();
     auto [v, contig] = views<2>({&ld, &ls});
     if (contig) { printf("  (copy_into %s is a memcpy on the host; not a kernel launch)\n", what); return; }
-    emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::copy, d.ptr(), v[0], s.ptr(), v[1], n);
+    Strided pd, ps;
+    const int64_t k = 16 / sizeof(T);
+    const char* kn = "copy_into";
+    if (in_packs(v[0], k, pd) && in_packs(v[1], k, ps) && aligned(d.ptr()) && aligned(s.ptr())) {
+        kn = "copy_into_packs";
+        emu::launch(dim3(grid_for(n / k, THREADS)), dim3(THREADS), copy_into_packs, reinterpret_cast<uint4*>(d.ptr()), pd,
+                    reinterpret_cast<const uint4*>(s.ptr()), ps, n / k);
+    } else {
+        emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::copy, d.ptr(), v[0], s.ptr(), v[1], n);
+    }
     std::vector<double> ref(dn, to_d(from_d<T>(-1)));
     for (int64_t i = 0; i < n; ++i) ref[ld.at(i)] = s.d(ls.at(i));
     char name[160];
-    snprintf(name, sizeof name, "copy_into_%s %s n=%ld", tname<T>(), what, (long)n);
+    snprintf(name, sizeof name, "%s_%s %s n=%ld", kn, tname<T>(), what, (long)n);
     compare(name, d.ptr(), ref, 0);
 }
 
@@ -213,6 +243,16 @@ int main() {
     cast<bf16, float>("cast_bf16_f32", cast_bf16_f32, transposed(37, 300));
     cast<float, bf16>("cast_f32_bf16", cast_f32_bf16, contiguous({1000}, 1));          // contiguous flag path
     cast<double, bf16>("cast_f64_bf16", cast_f64_bf16, transposed(9, 130));
+    // Attention's head split/merge: [b, t, h, d] seen as [b, h, t, d] (rows of d contiguous): copy_packs;
+    // with d not a whole number of packs, or an odd offset, the per-element path.
+    cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{2, 3, 5, 8}, {120, 8, 24, 1}, 0});
+    cast<bf16, bf16>("cast_bf16_bf16", cast_bf16_bf16, Layout{{2, 3, 5, 16}, {240, 16, 48, 1}, 8});
+    cast<double, double>("cast_f64_f64", cast_f64_f64, Layout{{4, 6, 2}, {24, 2, 1}, 2});
+    cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{2, 3, 5, 6}, {90, 6, 18, 1}, 0});
+    cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{2, 3, 5, 8}, {120, 8, 24, 1}, 1});
+    // cat's slices and the narrow backward: rows of packs into a wider destination.
+    copy_into<float>("slice of wider rows", Layout{{6, 32}, {64, 1}, 16}, contiguous({6, 32}));
+    copy_into<bf16>("head merge", Layout{{2, 5, 3, 16}, {240, 48, 16, 1}, 0}, Layout{{2, 5, 3, 16}, {240, 16, 80, 1}, 0});
     copy_into<float>("dst transposed", transposed(37, 300), contiguous({37, 300}));
     copy_into<float>("src transposed", contiguous({37, 300}, 2), transposed(37, 300, 1));
     copy_into<bf16>("dst transposed", transposed(20, 33), contiguous({20, 33}));

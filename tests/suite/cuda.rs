@@ -329,6 +329,14 @@ fn casts_and_strided_copies_match_cpu() {
             let (v, vg) = (big.transpose(d0, d1).unwrap(), bigg.transpose(d0, d1).unwrap());
             assert_eq!(vg.contiguous().unwrap().to_vec_f64().unwrap(), v.contiguous().unwrap().to_vec_f64().unwrap());
         }
+        // Attention's head split and merge: rows of 16 contiguous elements (16-byte pack copies), and a
+        // cat along the last dim (each part a slice of wider rows).
+        let heads = randn(14, &[2, 5, 3, 16], DType::F64).mul_scalar(40.0).unwrap().to_dtype(s).unwrap();
+        let (hv, hvg) = (heads.transpose(1, 2).unwrap(), on(&heads, d).transpose(1, 2).unwrap());
+        assert_eq!(hvg.contiguous().unwrap().to_vec_f64().unwrap(), hv.contiguous().unwrap().to_vec_f64().unwrap());
+        let (hc, hcg) =
+            (Tensor::cat(&[&heads, &heads], 3).unwrap(), Tensor::cat(&[&on(&heads, d), &on(&heads, d)], 3).unwrap());
+        assert_eq!(hcg.to_vec_f64().unwrap(), hc.to_vec_f64().unwrap(), "cat on the last dim {s}");
         let c = Tensor::cat(&[&x, &x.narrow(0, 1, 3).unwrap()], 0).unwrap();
         let cg = Tensor::cat(&[&xg, &xg.narrow(0, 1, 3).unwrap()], 0).unwrap();
         assert_eq!(cg.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), "cat {s}");

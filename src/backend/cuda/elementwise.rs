@@ -146,6 +146,12 @@ pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStor
             launch!(dev, kname("transpose_copy", dtype), grid, (32, 8, 1); x.ptr(), sx, out.ptr(), n as i64)?;
             return Ok(out);
         }
+        let k = 16 / dtype.size_in_bytes();
+        if let (Some(px), true) = (sx.in_packs(k), x.ptr().is_multiple_of(16) && out.ptr().is_multiple_of(16)) {
+            let packs = n / k;
+            launch!(dev, "copy_packs", grid_for(packs, THREADS), (THREADS, 1, 1); x.ptr(), px, out.ptr(), packs as i64)?;
+            return Ok(out);
+        }
     }
     let name = intern(format!("cast_{}_{}", x.dtype().name(), dtype.name()));
     launch!(dev, name, grid_for(n, THREADS), (THREADS, 1, 1); x.ptr(), sx, out.ptr(), n as i64, contig as i32)?;
@@ -174,6 +180,14 @@ pub(crate) fn copy_into(d: &mut CudaStorage, dl: &Layout, s: &CudaStorage, sl: &
         }
         .map_err(|e| dev.err("copy_into", e))?;
         return Ok(());
+    }
+    let k = 16 / d.dtype().size_in_bytes();
+    if let (Some(pd), Some(ps), true) =
+        (sd.in_packs(k), ss.in_packs(k), d.ptr().is_multiple_of(16) && s.ptr().is_multiple_of(16))
+    {
+        let packs = n / k;
+        return launch!(dev, "copy_into_packs", grid_for(packs, THREADS), (THREADS, 1, 1);
+            d.ptr(), pd, s.ptr(), ps, packs as i64);
     }
     launch!(dev, kname("copy_into", d.dtype()), grid_for(n, THREADS), (THREADS, 1, 1);
         d.ptr(), sd, s.ptr(), ss, n as i64)

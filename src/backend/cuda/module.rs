@@ -19,7 +19,7 @@ const ALL: [&str; 6] = ["f32", "f64", "bf16", "f16", "i64", "u8"];
 
 /// Every kernel entry point the backend may launch.
 pub fn kernel_names() -> Vec<String> {
-    let mut v = vec![];
+    let mut v = vec!["copy_packs".to_string(), "copy_into_packs".to_string()];
     let per = |v: &mut Vec<String>, fams: &[&str], types: &[&str]| {
         for f in fams {
             for t in types {

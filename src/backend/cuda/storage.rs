@@ -179,6 +179,22 @@ impl Strided {
         (tiles_y <= 65_535 && rows * cols > 0)
             .then(|| (cols.div_ceil(32) as u32, tiles_y as u32, batches.min(65_535) as u32))
     }
+    /// This view in units of `k` elements (16-byte packs), when its innermost dim is contiguous and every
+    /// row starts on a pack: the views kernels/elementwise.cu's copy_packs kernels take.
+    pub(crate) fn in_packs(&self, k: usize) -> Option<Strided> {
+        let (r, k) = (self.rank as usize, k as i64);
+        if r == 0 || self.strides[r - 1] != 1 || self.shape[r - 1] % k != 0 || self.offset % k != 0 {
+            return None;
+        }
+        if self.strides[..r - 1].iter().any(|s| s % k != 0) {
+            return None;
+        }
+        let mut p = *self;
+        p.shape[r - 1] /= k;
+        p.strides[..r - 1].iter_mut().for_each(|s| *s /= k);
+        p.offset /= k;
+        Some(p)
+    }
     fn check(rank: usize) -> Result<()> {
         if rank > MAX_DIMS {
             return Err(Error::invalid("cuda", format!("views of rank {rank} after merging dims exceed {MAX_DIMS}")));
