@@ -31,6 +31,115 @@ __device__ void index_add_k(T* out, const int64_t* idx, const T* src, int64_t ou
     }
 }
 
+// index_add with a long index list (an embedding's backward: every token of the batch adds its row into
+// one of `size` rows): index_add_k's thread per column would walk thousands of indices one after another,
+// each a dependent read-modify-write of global memory. Instead the positions k are sorted by index with
+// a stable counting sort (so each row's sources stay in index order: deterministic), then one block per
+// destination row sums its sources column by column in f64 and adds the sum once (as the CPU backend).
+// The sort, with keys idx[k] (or `size` for an out-of-range index, a bucket nothing reads):
+//   sort_rank:  chunks of blockDim.x positions; each position's rank among equal keys before it in its
+//               chunk; the last of each key in a chunk writes the chunk's count cnt[c][key];
+//   sort_count: per key, the counts' prefix over chunks (in place) and the key's total;
+//   sort_base:  one block: base[key] = exclusive prefix sum of the totals;
+//   sort_place: sorted[base[key] + cnt[c][key] + rank[k]] = k.
+// Keys and positions fit in 32 bits (the host checks).
+__device__ __forceinline__ int32_t sort_key(const int64_t* idx, int64_t k, int64_t size) {
+    int64_t i = idx[k];
+    return (i >= 0 && i < size) ? (int32_t)i : (int32_t)size;
+}
+
+extern "C" __global__ void sort_rank(const int64_t* idx, int64_t n, int64_t size, int32_t* rank, int32_t* cnt) {
+    __shared__ int32_t keys[1024];
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int m = (int)min((int64_t)blockDim.x, n - (int64_t)blockIdx.x * blockDim.x);
+    if ((int)threadIdx.x < m) keys[threadIdx.x] = sort_key(idx, k, size);
+    __syncthreads();
+    if ((int)threadIdx.x >= m) return;
+    int32_t key = keys[threadIdx.x];
+    int before = 0;
+    bool last = true;
+    for (int q = 0; q < m; ++q) {
+        if (keys[q] != key) continue;
+        if (q < (int)threadIdx.x) ++before;
+        else if (q > (int)threadIdx.x) last = false;
+    }
+    rank[k] = before;
+    if (last) cnt[(int64_t)blockIdx.x * (size + 1) + key] = before + 1;
+}
+
+extern "C" __global__ void sort_count(int32_t* cnt, int chunks, int64_t size, int32_t* total) {
+    GRID_LOOP(key, size + 1) {
+        int32_t run = 0;
+        for (int c = 0; c < chunks; ++c) {
+            int64_t at = (int64_t)c * (size + 1) + key;
+            int32_t t = cnt[at];
+            cnt[at] = run;
+            run += t;
+        }
+        total[key] = run;
+    }
+}
+
+// One block: base[i] = total[0] + ... + total[i-1], for i < m, tile by tile with a running carry.
+extern "C" __global__ void sort_base(const int32_t* total, int64_t m, int32_t* base) {
+    __shared__ int32_t warp_sums[32];
+    __shared__ int32_t carry;
+    if (threadIdx.x == 0) carry = 0;
+    __syncthreads();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int64_t t0 = 0; t0 < m; t0 += blockDim.x) {
+        int64_t i = t0 + threadIdx.x;
+        int32_t v = i < m ? total[i] : 0, x = v;
+        // Inclusive scan within the warp, then across the warps' sums.
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int32_t y = __shfl_up_sync(0xffffffff, x, o);
+            if (lane >= o) x += y;
+        }
+        if (lane == 31) warp_sums[warp] = x;
+        __syncthreads();
+        if (warp == 0) {
+            int32_t w = lane < nwarps ? warp_sums[lane] : 0, z = w;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                int32_t y = __shfl_up_sync(0xffffffff, z, o);
+                if (lane >= o) z += y;
+            }
+            if (lane < nwarps) warp_sums[lane] = z - w;  // exclusive: the warps before this one
+        }
+        __syncthreads();
+        if (i < m) base[i] = carry + warp_sums[warp] + x - v;
+        __syncthreads();
+        if (threadIdx.x == blockDim.x - 1) carry += warp_sums[warp] + x;
+        __syncthreads();
+    }
+}
+
+extern "C" __global__ void sort_place(const int64_t* idx, int64_t n, int64_t size, int chunk, const int32_t* rank,
+                                      const int32_t* cnt, const int32_t* base, int32_t* sorted) {
+    GRID_LOOP(k, n) {
+        int32_t key = sort_key(idx, k, size);
+        int64_t c = k / chunk;
+        sorted[base[key] + cnt[c * (size + 1) + key] + rank[k]] = (int32_t)k;
+    }
+}
+
+// out (a copy of x) [o, v, j] += Σ src[o, k, j] over the sorted positions k of row v, summed in f64 in
+// index order. Grid (size, outer); threads walk the columns.
+template <typename T>
+__device__ void index_add_sorted_k(T* out, const int32_t* sorted, const int32_t* base, const int32_t* total,
+                                   const T* src, int64_t size, int64_t inner, int64_t nidx) {
+    int64_t v = blockIdx.x, o = blockIdx.y;
+    int32_t start = base[v], cnt = total[v];
+    if (cnt == 0) return;
+    for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
+        double acc = 0;
+        for (int32_t p = 0; p < cnt; ++p) acc += to_acc<double>(src[(o * nidx + sorted[start + p]) * inner + j]);
+        int64_t d = (o * size + v) * inner + j;
+        out[d] = from_acc<T, double>(to_acc<double>(out[d]) + acc);
+    }
+}
+
 // Offset in x (contiguous, shape xs) of index position p (coords in shape is), with coord `dim` = i.
 __device__ __forceinline__ int64_t gather_off(const Strided& xs, const Strided& is, int dim, int64_t p, int64_t i) {
     int64_t off = 0;
@@ -75,6 +184,9 @@ __device__ void scatter_add_k(T* out, Strided xs, const int64_t* idx, Strided is
         index_select_k<T>(x, idx, out, outer, size, inner, nidx); } \
     extern "C" __global__ void index_add_##S(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx) { \
         index_add_k<T>(out, idx, src, outer, size, inner, nidx); } \
+    extern "C" __global__ void index_add_sorted_##S(T* out, const int32_t* sorted, const int32_t* base, const int32_t* total, \
+                                                    const T* src, int64_t size, int64_t inner, int64_t nidx) { \
+        index_add_sorted_k<T>(out, sorted, base, total, src, size, inner, nidx); } \
     extern "C" __global__ void gather_##S(const T* x, Strided xs, const int64_t* idx, Strided is, int dim, T* out, int64_t n) { \
         gather_k<T>(x, xs, idx, is, dim, out, n); } \
     extern "C" __global__ void scatter_add_##S(T* out, Strided xs, const int64_t* idx, Strided is, int dim, const T* src, int64_t lines) { \

@@ -110,6 +110,18 @@ template <typename T> bool compare(const std::string& name, const T* got, const 
     return true;
 }
 
+// A yes/no check (for results that are not numbers, like a permutation).
+inline bool check(const std::string& name, bool ok, const std::string& why) {
+    ++checks;
+    if (!ok) {
+        ++failures;
+        printf("  FAIL %-58s %s\n", name.c_str(), why.c_str());
+    } else if (getenv("EMU_VERBOSE")) {
+        printf("  ok   %s\n", name.c_str());
+    }
+    return ok;
+}
+
 // Prints the file's summary line and returns the process exit code.
 inline int finish(const char* test) {
     printf("%s: %d/%d checks passed%s\n", test, checks - failures, checks, failures ? "  FAILED" : "");

@@ -11,7 +11,8 @@ constexpr unsigned THREADS = 256;
 template <typename T> struct K;
 #define KI(S, T) \
     template <> struct K<T> { \
-        static constexpr auto select = index_select_##S, add = index_add_##S, gather = gather_##S, scatter = scatter_add_##S; };
+        static constexpr auto select = index_select_##S, add = index_add_##S, add_sorted = index_add_sorted_##S, \
+            gather = gather_##S, scatter = scatter_add_##S; };
 KI(f32, float) KI(f64, double) KI(bf16, bf16) KI(f16, f16) KI(i64, int64_t) KI(u8, uint8_t)
 
 typedef std::vector<int64_t> Shape;
@@ -86,6 +87,37 @@ template <typename T> void select(Shape shape, int dim, size_t nidx) {
     compare(name, out.ptr(), ref, 0);
 }
 
+// index_add() on the host: from 256 indices on, the stable counting sort and one block per destination
+// row (index_add_sorted); else a thread per column walking the indices (index_add).
+template <typename T>
+const char* launch_add(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx) {
+    if (nidx < 256) {
+        emu::launch(dim3(grid_for(outer * inner, THREADS)), dim3(THREADS), K<T>::add, out, idx, src, outer, size, inner, nidx);
+        return "";
+    }
+    const int64_t chunk = 1024, chunks = (nidx + chunk - 1) / chunk, keys = size + 1;
+    std::vector<int32_t> cnt(chunks * keys, 0), rank(nidx, -1), total(keys, -1), base(keys, -1), sorted(nidx, -1);
+    emu::launch(dim3(chunks), dim3(chunk), sort_rank, idx, nidx, size, rank.data(), cnt.data());
+    emu::launch(dim3(grid_for(keys, THREADS)), dim3(THREADS), sort_count, cnt.data(), (int)chunks, size, total.data());
+    emu::launch(dim3(1), dim3(1024), sort_base, (const int32_t*)total.data(), keys, base.data());
+    emu::launch(dim3(grid_for(nidx, THREADS)), dim3(THREADS), sort_place, idx, nidx, size, (int)chunk,
+                (const int32_t*)rank.data(), (const int32_t*)cnt.data(), (const int32_t*)base.data(), sorted.data());
+    // The sort itself: every position once, grouped by index (out-of-range last), in index order within a group.
+    std::vector<int64_t> want(nidx);
+    for (int64_t k = 0; k < nidx; ++k) want[k] = k;
+    auto key = [&](int64_t k) { return (idx[k] >= 0 && idx[k] < size) ? idx[k] : size; };
+    std::stable_sort(want.begin(), want.end(), [&](int64_t a, int64_t b) { return key(a) < key(b); });
+    bool same = true;
+    for (int64_t k = 0; k < nidx; ++k) same = same && sorted[k] == want[k];
+    check(std::string("stable counting sort of ") + std::to_string(nidx) + " indices into " + std::to_string(size) + " rows",
+          same, same ? "" : "positions out of order");
+    unsigned threads = (unsigned)std::min<int64_t>((inner + 31) / 32 * 32, THREADS);
+    if (size > 0 && inner > 0)
+        emu::launch(dim3(size, outer), dim3(threads), K<T>::add_sorted, out, (const int32_t*)sorted.data(),
+                    (const int32_t*)base.data(), (const int32_t*)total.data(), src, size, inner, nidx);
+    return " (sorted)";
+}
+
 // index_add along `dim`: out = x with src[o, k, j] added at [o, idx[k], j], k in order. Half types go through
 // f32 as index_add() does (the kernel then rounds each destination once, at the cast back).
 template <typename T> void add(Shape shape, int dim, size_t nidx) {
@@ -98,18 +130,15 @@ template <typename T> void add(Shape shape, int dim, size_t nidx) {
     Buf<T> out(x.n);
     const char* kn;
     if constexpr (sizeof(T) == 2 && !std::is_integral_v<T>) {
-        kn = " (f32 kernel)";
         Buf<float> wx(x.n), ws(src.n);
         for (size_t i = 0; i < x.n; ++i) wx[i] = (float)x.d(i);
         for (size_t i = 0; i < src.n; ++i) ws[i] = (float)src.d(i);
-        emu::launch(dim3(grid_for(outer * inner, THREADS)), dim3(THREADS), K<float>::add, wx.ptr(), idx.data(), ws.ptr(),
-                    outer, size, inner, (int64_t)nidx);
+        kn = launch_add<float>(wx.ptr(), idx.data(), ws.ptr(), outer, size, inner, (int64_t)nidx);
+        kn = std::string(kn).empty() ? " (f32 kernel)" : " (f32, sorted)";
         for (size_t i = 0; i < x.n; ++i) out[i] = from_d<T>(wx.d(i));
     } else {
-        kn = "";
         for (size_t i = 0; i < x.n; ++i) out[i] = x[i];  // the host's x.clone()
-        emu::launch(dim3(grid_for(outer * inner, THREADS)), dim3(THREADS), K<T>::add, out.ptr(), idx.data(), src.ptr(),
-                    outer, size, inner, (int64_t)nidx);
+        kn = launch_add<T>(out.ptr(), idx.data(), src.ptr(), outer, size, inner, (int64_t)nidx);
     }
     std::vector<double> ref(x.n);
     for (size_t i = 0; i < x.n; ++i) ref[i] = x.d(i);
@@ -184,6 +213,9 @@ template <typename T> void all() {
     add<T>({3, 7, 9}, 1, 12);
     add<T>({4, 5, 6}, 2, 9);
     add<T>({6, 3}, 0, 1);
+    // Past 256 indices, the sorted path: 3 sort chunks with out-of-range ones; and an outer dim.
+    add<T>({7, 5}, 0, 2500);
+    add<T>({2, 9, 3}, 1, 700);
     // gather / scatter_add: first, middle and last dims, index dims smaller than x's outside `dim` and
     // longer than x's along it (repeats); a 1-D case.
     gather_scatter<T>({5, 4, 3}, {9, 4, 3}, 0);

@@ -521,6 +521,15 @@ fn indexing_matches_cpu_with_grads() {
         e.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
         eg.mul(&on(&w, d)).unwrap().sum_all().unwrap().backward().unwrap();
         close(&format!("embedding grad (index_add) {dt}"), &grad(&tg), &grad(&table), tol(dt));
+        // A batch's worth of ids (past 256: the sorted index_add), some rows hit hundreds of times.
+        let many: Vec<i64> = (0..3000).map(|i| ((i * 7919) % 61 % 50) as i64).collect();
+        let many = Tensor::from_vec(many, &[30, 100], Device::Cpu).unwrap();
+        let table2 = randn(44, &[50, 24], dt).set_requires_grad(true);
+        let tg2 = on(&table2, d).set_requires_grad(true);
+        let w2 = randn(45, &[30, 100, 24], dt);
+        table2.embedding(&many).unwrap().mul(&w2).unwrap().sum_all().unwrap().backward().unwrap();
+        tg2.embedding(&on(&many, d)).unwrap().mul(&on(&w2, d)).unwrap().sum_all().unwrap().backward().unwrap();
+        close(&format!("embedding grad, 3000 ids (sorted index_add) {dt}"), &grad(&tg2), &grad(&table2), tol(dt));
 
         let x = randn(39, &[6, 9], dt).set_requires_grad(true);
         let xg = on(&x, d).set_requires_grad(true);

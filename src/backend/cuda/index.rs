@@ -2,7 +2,7 @@
 //! (that would need a host sync); the kernels read 0 for it and skip it when adding.
 
 use super::device::{grid_for, launch};
-use super::elementwise::cast;
+use super::elementwise::{cast, full};
 use super::storage::{kname, same_device, same_dtype, CudaStorage, Strided};
 use crate::shape::Layout;
 use crate::{DType, Error, Result};
@@ -61,9 +61,50 @@ pub(crate) fn index_add(
         return narrow(&wide);
     }
     let (outer, size, inner) = split(shape, dim);
+    let n = idx.len();
+    if n >= SORTED_MIN_INDICES && size < i32::MAX as usize && n < i32::MAX as usize && outer <= 65_535 {
+        return index_add_sorted(x, (outer, size, inner), idx, src);
+    }
     let out = x.clone();
     launch!(x.dev(), kname("index_add", x.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
         out.ptr(), idx.ptr(), src.ptr(), outer as i64, size as i64, inner as i64, idx.len() as i64)?;
+    Ok(out)
+}
+
+/// From this many indices on, index_add sorts them (kernels/index.cu): one thread per column walking every
+/// index is a chain of dependent global read-modify-writes as long as the index list (an embedding's
+/// backward walks every token of the batch).
+const SORTED_MIN_INDICES: usize = 256;
+/// Positions per chunk of the stable counting sort (its kernels' block size).
+const SORT_CHUNK: usize = 1024;
+
+/// index_add through a stable counting sort of the indices, then one block per destination row summing its
+/// sources in index order (deterministic). The sort's buffers hold 32-bit integers in 4-byte storage.
+fn index_add_sorted(
+    x: &CudaStorage,
+    (outer, size, inner): (usize, usize, usize),
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    let dev = x.dev();
+    let (n, keys) = (idx.len(), size + 1);
+    let chunks = n.div_ceil(SORT_CHUNK);
+    let int32s = |len: usize| CudaStorage::alloc(dev, DType::F32, len);
+    // Zero counts: a chunk writes only the keys it holds. (0.0f32 has all bits 0.)
+    let cnt = full(dev, DType::F32, chunks * keys, 0.0)?;
+    let (rank, total, base, sorted) = (int32s(n)?, int32s(keys)?, int32s(keys)?, int32s(n)?);
+    launch!(dev, "sort_rank", (chunks as u32, 1, 1), (SORT_CHUNK as u32, 1, 1);
+        idx.ptr(), n as i64, size as i64, rank.ptr(), cnt.ptr())?;
+    launch!(dev, "sort_count", grid_for(keys, THREADS), (THREADS, 1, 1); cnt.ptr(), chunks as i32, size as i64, total.ptr())?;
+    launch!(dev, "sort_base", (1, 1, 1), (1024, 1, 1); total.ptr(), keys as i64, base.ptr())?;
+    launch!(dev, "sort_place", grid_for(n, THREADS), (THREADS, 1, 1);
+        idx.ptr(), n as i64, size as i64, SORT_CHUNK as i32, rank.ptr(), cnt.ptr(), base.ptr(), sorted.ptr())?;
+    let out = x.clone();
+    if size > 0 && inner > 0 {
+        let threads = (inner.div_ceil(32) * 32).min(THREADS as usize) as u32;
+        launch!(dev, kname("index_add_sorted", x.dtype()), (size as u32, outer as u32, 1), (threads, 1, 1);
+            out.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), size as i64, inner as i64, n as i64)?;
+    }
     Ok(out)
 }
 

@@ -19,7 +19,9 @@ const ALL: [&str; 6] = ["f32", "f64", "bf16", "f16", "i64", "u8"];
 
 /// Every kernel entry point the backend may launch.
 pub fn kernel_names() -> Vec<String> {
-    let mut v = vec!["copy_packs".to_string(), "copy_into_packs".to_string()];
+    let mut v: Vec<String> = ["copy_packs", "copy_into_packs", "sort_rank", "sort_count", "sort_base", "sort_place"]
+        .map(String::from)
+        .into();
     let per = |v: &mut Vec<String>, fams: &[&str], types: &[&str]| {
         for f in fams {
             for t in types {
@@ -33,7 +35,11 @@ pub fn kernel_names() -> Vec<String> {
     per(&mut v, &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal"], &FLOATS);
     per(&mut v, &["binary", "binary_rows"], &["f32", "f64", "bf16", "f16", "i64"]);
     per(&mut v, &["compare", "where", "copy_into", "fill", "reduce_rows", "reduce_finish", "reduce_small"], &ALL);
-    per(&mut v, &["argmax", "index_select", "index_add", "gather", "scatter_add", "transpose_copy"], &ALL);
+    per(
+        &mut v,
+        &["argmax", "index_select", "index_add", "index_add_sorted", "gather", "scatter_add", "transpose_copy"],
+        &ALL,
+    );
     per(&mut v, &["adam_update", "sgd_update"], &["f32", "f64"]);
     per(&mut v, &["norm_backward_fused_rows", "norm_backward_fused_finish"], &["f32", "bf16", "f16"]);
     for s in ALL {
