@@ -97,6 +97,11 @@ __device__ __forceinline__ int64_t row_offset(const Strided& s, int64_t r, int64
     return off;
 }
 
+// The host launches the block-per-row kernels with up to 1024 threads (row_threads in softmax.rs): they
+// must fit 65536 registers at that size, so at most 64 per thread, which this bound makes the compiler
+// keep (tests/suite/cuda.rs checks the ptxas report).
+#define ROW_BOUNDS __launch_bounds__(1024)
+
 // Grid-stride loop over n elements.
 #define GRID_LOOP(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)

@@ -48,7 +48,7 @@ __device__ __forceinline__ int32_t sort_key(const int64_t* idx, int64_t k, int64
     return (i >= 0 && i < size) ? (int32_t)i : (int32_t)size;
 }
 
-extern "C" __global__ void sort_rank(const int64_t* idx, int64_t n, int64_t size, int32_t* rank, int32_t* cnt) {
+extern "C" __global__ void ROW_BOUNDS sort_rank(const int64_t* idx, int64_t n, int64_t size, int32_t* rank, int32_t* cnt) {
     __shared__ int32_t keys[1024];
     int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int m = (int)min((int64_t)blockDim.x, n - (int64_t)blockIdx.x * blockDim.x);
@@ -81,7 +81,7 @@ extern "C" __global__ void sort_count(int32_t* cnt, int chunks, int64_t size, in
 }
 
 // One block: base[i] = total[0] + ... + total[i-1], for i < m, tile by tile with a running carry.
-extern "C" __global__ void sort_base(const int32_t* total, int64_t m, int32_t* base) {
+extern "C" __global__ void ROW_BOUNDS sort_base(const int32_t* total, int64_t m, int32_t* base) {
     __shared__ int32_t warp_sums[32];
     __shared__ int32_t carry;
     if (threadIdx.x == 0) carry = 0;

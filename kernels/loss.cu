@@ -7,6 +7,10 @@
 // bad batch is visible in the loss.
 #include "common.cuh"
 
+// The hardware exp for f32 compute (f32, bf16, f16); f64 keeps the accurate path, which also keeps it
+// within the 64 registers of a 1024-thread block (ROW_BOUNDS) without spilling.
+template <typename A> constexpr bool CE_FAST = sizeof(A) == 4;
+
 // stats[2r], stats[2r+1] = the row's max and sum of exp(x − max), kept for the backward.
 template <typename T>
 __device__ void ce_fwd(const T* x, const int64_t* t, T* loss, typename Acc<T>::type* stats, int64_t c, int64_t ignore) {
@@ -19,7 +23,7 @@ __device__ void ce_fwd(const T* x, const int64_t* t, T* loss, typename Acc<T>::t
     }
     x += r * c;
     A m, s;
-    row_max_sum<T, A, true>(x, c, m, s);
+    row_max_sum<T, A, CE_FAST<A>>(x, c, m, s);
     if (threadIdx.x == 0) {
         A l = (tv < 0 || tv >= c) ? (A)NAN : log(s) + m - to_acc<A>(x[tv]);
         loss[r] = from_acc<T>(l);
@@ -45,7 +49,9 @@ __device__ void ce_bwd(const T* x, const int64_t* t, const typename Acc<T>::type
     A gr = to_acc<A>(g[r]), scale = gr / s;
     // x and dx rows share their alignment (same offsets, same element size): head, packed body, tail.
     RowSplit<T> rs(x, c);
-    if ((((uintptr_t)x ^ (uintptr_t)dx) & 15) != 0) rs.head = rs.tail_start = c, rs.packs = 0;  // all scalar
+    // All scalar when the rows' alignments differ, and for f64: its accurate exp, unrolled over packs, does
+    // not fit the 64 registers of a 1024-thread block (ROW_BOUNDS).
+    if ((((uintptr_t)x ^ (uintptr_t)dx) & 15) != 0 || sizeof(T) == 8) rs.head = rs.tail_start = c, rs.packs = 0;
     auto grad = [&](A v, int64_t j) { A p = fast_exp(v - m) * scale; return from_acc<T>(j == tv ? p - gr : p); };
     for (int64_t j = threadIdx.x; j < rs.head; j += blockDim.x) dx[j] = grad(to_acc<A>(x[j]), j);
     typedef Pack<T> P;
@@ -74,10 +80,10 @@ __device__ void ce_bwd(const T* x, const int64_t* t, const typename Acc<T>::type
 }
 
 #define CE(S, T) \
-    extern "C" __global__ void cross_entropy_forward_##S(const T* x, const int64_t* t, T* loss, Acc<T>::type* stats, \
+    extern "C" __global__ void ROW_BOUNDS cross_entropy_forward_##S(const T* x, const int64_t* t, T* loss, Acc<T>::type* stats, \
                                                          int64_t c, int64_t ignore) { \
         ce_fwd<T>(x, t, loss, stats, c, ignore); } \
-    extern "C" __global__ void cross_entropy_backward_##S(const T* x, const int64_t* t, const Acc<T>::type* stats, \
+    extern "C" __global__ void ROW_BOUNDS cross_entropy_backward_##S(const T* x, const int64_t* t, const Acc<T>::type* stats, \
                                                           const T* g, T* dx, int64_t c, int64_t ignore) { \
         ce_bwd<T>(x, t, stats, g, dx, c, ignore); }
 FOR_FLOATS(CE)

@@ -311,10 +311,10 @@ __device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, i
     extern "C" __global__ void norm_backward_x_rows_##S(const T* x, const T* w, const Acc<T>::type* mean, \
                                                         const Acc<T>::type* rstd, const T* g, T* dx, int64_t n, int rms) { \
         norm_bwd_x_rows<T>(x, w, mean, rstd, g, dx, n, rms); } \
-    extern "C" __global__ void norm_forward_##S(const T* x, const T* w, const T* b, T* y, Acc<T>::type* mean, \
+    extern "C" __global__ void ROW_BOUNDS norm_forward_##S(const T* x, const T* w, const T* b, T* y, Acc<T>::type* mean, \
                                                 Acc<T>::type* rstd, int64_t n, double eps, int rms) { \
         norm_fwd<T, T>(x, w, b, y, mean, rstd, n, eps, rms); } \
-    extern "C" __global__ void norm_backward_x_##S(const T* x, const T* w, const Acc<T>::type* mean, \
+    extern "C" __global__ void ROW_BOUNDS norm_backward_x_##S(const T* x, const T* w, const Acc<T>::type* mean, \
                                                    const Acc<T>::type* rstd, const T* g, T* dx, int64_t n, int rms) { \
         norm_bwd_x<T>(x, w, mean, rstd, g, dx, n, rms); } \
     extern "C" __global__ void norm_backward_wb_partial_##S(const T* x, const Acc<T>::type* mean, const Acc<T>::type* rstd, \

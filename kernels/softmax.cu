@@ -77,7 +77,7 @@ template <typename T> __device__ void softmax_fwd_rows(const T* x, T* y, int64_t
 
 #define SOFTMAX(S, T) \
     extern "C" __global__ void softmax_rows_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd_rows<T>(x, y, n, log_); } \
-    extern "C" __global__ void softmax_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd<T>(x, y, n, log_); } \
-    extern "C" __global__ void softmax_backward_##S(const T* y, const T* g, T* dx, int64_t n, int log_) { \
+    extern "C" __global__ void ROW_BOUNDS softmax_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd<T>(x, y, n, log_); } \
+    extern "C" __global__ void ROW_BOUNDS softmax_backward_##S(const T* y, const T* g, T* dx, int64_t n, int log_) { \
         softmax_bwd<T>(y, g, dx, n, log_); }
 FOR_FLOATS(SOFTMAX)

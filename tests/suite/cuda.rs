@@ -160,6 +160,44 @@ fn no_kernel_spills_registers_or_uses_local_memory() {
     assert!(bad.is_empty(), "kernels spill registers:\n{}", bad.join("\n"));
 }
 
+/// The kernels the host may launch with 1024 threads per block (a block per row of up to any length, and the
+/// index sort) must use at most 64 registers, or the launch fails on the GPU ("too many resources").
+#[test]
+fn kernels_launched_with_1024_threads_fit_the_register_file() {
+    if cuda::PTXAS_REPORT.is_empty() {
+        println!("skipped: built without nvcc");
+        return;
+    }
+    let wide = [
+        "softmax_",
+        "softmax_backward_",
+        "norm_forward_",
+        "norm_backward_x_",
+        "cross_entropy_",
+        "sort_rank",
+        "sort_base",
+    ];
+    // Families whose names extend these but launch fewer threads (register-cached rows: at most 256).
+    let narrow = ["softmax_rows_", "norm_forward_rows_", "norm_backward_x_rows_"];
+    let (mut current, mut bad, mut checked) = (String::new(), vec![], 0);
+    for line in cuda::PTXAS_REPORT.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.split('\'').next().unwrap_or("").to_string();
+        }
+        let Some(used) = line.split("Used ").nth(1).and_then(|r| r.split(' ').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if wide.iter().any(|p| current.starts_with(p)) && !narrow.iter().any(|p| current.starts_with(p)) {
+            checked += 1;
+            if used > 64 {
+                bad.push(format!("{current}: {used} registers"));
+            }
+        }
+    }
+    assert!(checked >= 2 * 22, "found only {checked} of the 1024-thread kernels in the ptxas report");
+    assert!(bad.is_empty(), "kernels launched with 1024 threads use more than 64 registers:\n{}", bad.join("\n"));
+}
+
 #[test]
 fn without_a_device_cuda_is_a_clear_err() {
     if cuda::is_available() {
