@@ -5,6 +5,7 @@
 #include "cuda_emu.h"
 #include "../reduce.cu"
 #include "check.h"
+#include "views.h"
 using namespace chk;
 
 constexpr unsigned THREADS = 256;
@@ -17,52 +18,8 @@ template <typename T> struct K;
         static constexpr auto argmax = argmax_##S; };
 KR(f32, float) KR(f64, double) KR(bf16, bf16) KR(f16, f16) KR(i64, int64_t) KR(u8, uint8_t)
 
-// A layout: shape, strides, offset (in elements), as crate::shape::Layout.
-struct Layout {
-    std::vector<int64_t> shape, strides;
-    int64_t offset = 0;
-    int64_t numel() const { int64_t n = 1; for (auto d : shape) n *= d; return n; }
-    int64_t at(int64_t i) const {  // storage index of logical element i
-        int64_t off = offset;
-        for (int d = (int)shape.size() - 1; d >= 0; --d) off += (i % shape[d]) * strides[d], i /= shape[d];
-        return off;
-    }
-    int64_t span() const {  // elements a buffer must hold for this view
-        int64_t m = offset;
-        for (size_t d = 0; d < shape.size(); ++d) m += (shape[d] - 1) * strides[d];
-        return m + 1;
-    }
-};
-inline Layout contiguous(std::vector<int64_t> shape, int64_t offset = 0) {
-    Layout l{shape, std::vector<int64_t>(shape.size()), offset};
-    int64_t s = 1;
-    for (int d = (int)shape.size() - 1; d >= 0; --d) l.strides[d] = s, s *= shape[d];
-    return l;
-}
-
-// shape.rs::coalesce for one operand: size-1 dims dropped, a dim merged into the previous one when the
-// previous stride is this one's stride times its size.
-inline std::pair<std::vector<int64_t>, std::vector<int64_t>> coalesce(const std::vector<int64_t>& shape,
-                                                                      const std::vector<int64_t>& strides) {
-    std::vector<int64_t> sh, st;
-    for (size_t d = 0; d < shape.size(); ++d) {
-        if (shape[d] == 1) continue;
-        if (!sh.empty() && st.back() == strides[d] * shape[d]) sh.back() *= shape[d], st.back() = strides[d];
-        else sh.push_back(shape[d]), st.push_back(strides[d]);
-    }
-    if (sh.empty()) sh.push_back(1), st.push_back(0);
-    return {sh, st};
-}
 // storage.rs::views for one operand.
-inline Strided view(const Layout& l) {
-    auto [sh, st] = coalesce(l.shape, l.strides);
-    Strided s;
-    s.rank = (int32_t)sh.size();
-    for (int d = 0; d < MAX_DIMS; ++d) s.shape[d] = 1, s.strides[d] = 0;
-    for (size_t d = 0; d < sh.size(); ++d) s.shape[d] = sh[d], s.strides[d] = st[d];
-    s.offset = l.offset;
-    return s;
-}
+inline Strided view(const Layout& l) { return views<1>({&l}).first[0]; }
 // reduce.rs::permuted: kept dims first, reduced dims last; contig when the reduced dims are one dense run.
 struct Permuted {
     Layout lp;
@@ -79,8 +36,8 @@ inline Permuted permuted(const Layout& l, const std::vector<int>& dims) {
     std::vector<int64_t> rs, rst;
     for (int d : dims) rs.push_back(l.shape[d]), rst.push_back(l.strides[d]), p.n_red *= l.shape[d];
     p.n_out = l.numel() / std::max<int64_t>(p.n_red, 1);
-    auto [cs, cst] = coalesce(rs, rst);
-    p.contig = cs.size() == 1 && (cst[0] == 1 || p.n_red <= 1);
+    Layout reduced{rs, rst, 0};
+    p.contig = views<1>({&reduced}).second;  // the reduced dims merge into one dense run
     return p;
 }
 
