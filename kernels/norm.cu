@@ -80,9 +80,9 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             if (row_index<T>(k, e) < n) ts += d, tq += d * d;
         }
     block_sum2(ts, tq, sh);
-    double md = ts / (double)n, var = tq / (double)n - md * md;
+    // RMS: c = 0 and no centring, so the variance is E[x²] itself.
+    double md = rms ? 0.0 : ts / (double)n, var = tq / (double)n - md * md;
     double mu = rms ? 0.0 : (double)c + md;
-    if (rms) var = tq / (double)n;
     double rs = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
     if (threadIdx.x == 0) {
         mean[row] = (A)mu;

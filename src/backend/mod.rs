@@ -8,6 +8,18 @@ mod storage;
 
 pub use storage::Storage;
 
+/// The sizes cross-entropy's backward needs (both backends check them the same way): `rows` rows of `c`
+/// logits, one incoming gradient per row, and the forward's (max, sum) pair per row.
+pub(crate) fn check_ce_backward(rows: usize, c: usize, logits: usize, grads: usize, stats: usize) -> crate::Result<()> {
+    if stats != 2 * rows || grads != rows || logits != rows * c {
+        return Err(crate::Error::invalid(
+            "cross_entropy_backward",
+            format!("{rows} rows of {c} logits need {rows} gradients and 2·{rows} statistics"),
+        ));
+    }
+    Ok(())
+}
+
 /// Elementwise functions of one tensor. Scalars ride in the op so one kernel serves every scalar form.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UnaryOp {

@@ -125,7 +125,6 @@ impl CpuStorage {
             DType::U8 => CpuStorage::U8(v.iter().map(|&x| x as u8).collect()),
         }
     }
-    /// Converts f32 values to `dtype`.
     /// Uniform draws rounded to bf16/f16 can reach 1.0: those take the largest value below 1 instead, so
     /// draws stay in [0, 1) (kernels/random.cu does the same). f32/f64 draws are exact already.
     pub(crate) fn keep_below_one(&mut self) {
@@ -140,6 +139,7 @@ impl CpuStorage {
         }
     }
 
+    /// Converts f32 values to `dtype`.
     pub fn from_f32s(dtype: DType, v: Vec<f32>) -> CpuStorage {
         match dtype {
             DType::F32 => CpuStorage::F32(v),

@@ -388,13 +388,7 @@ pub fn cross_entropy_backward(
 ) -> Result<CpuStorage> {
     const OP: &str = "cross_entropy_backward";
     let dt = logits.dtype();
-    let rows = targets.len();
-    if stats.len() != 2 * rows || grad_rows.len() != rows || logits.len() != rows * c {
-        return Err(Error::invalid(
-            OP,
-            format!("{rows} rows of {c} logits need {rows} gradients and 2·{rows} statistics"),
-        ));
-    }
+    crate::backend::check_ce_backward(targets.len(), c, logits.len(), grad_rows.len(), stats.len())?;
     Ok(match (wide(OP, logits)?, wide(OP, grad_rows)?, stats) {
         (Wide::F32(x), Wide::F32(g), CpuStorage::F32(st)) => {
             CpuStorage::from_f32s(dt, ce_bwd(&x, targets, st, &g, c, ignore))

@@ -31,15 +31,13 @@ pub(crate) fn index_select(x: &CudaStorage, shape: &[usize], dim: usize, idx: &C
     Ok(out)
 }
 
-/// For bf16/f16 storage, the cast back from an f32 result: the accumulating ops add in f32 and round once.
-fn half_type(x: &CudaStorage) -> Option<impl Fn(&CudaStorage) -> Result<CudaStorage>> {
-    let dtype = x.dtype();
-    matches!(dtype, DType::BF16 | DType::F16)
-        .then_some(move |w: &CudaStorage| cast(w, &Layout::contiguous(&[w.len()]), dtype))
+/// The accumulating ops add bf16/f16 in f32 and round once: their storages go through this cast.
+fn cast_flat(s: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
+    cast(s, &Layout::contiguous(&[s.len()]), dtype)
 }
 
-fn widen(s: &CudaStorage) -> Result<CudaStorage> {
-    cast(s, &Layout::contiguous(&[s.len()]), DType::F32)
+fn is_half(d: DType) -> bool {
+    matches!(d, DType::BF16 | DType::F16)
 }
 
 pub(crate) fn index_add(
@@ -52,13 +50,13 @@ pub(crate) fn index_add(
     idx_check("index_add", x, idx)?;
     same_device("index_add", x, src)?;
     same_dtype("index_add", x, src)?;
-    if let Some(narrow) = half_type(x) {
+    if is_half(x.dtype()) {
         // The kernel rounds each destination after every add; an embedding row's gradient sums one term per
         // occurrence of its token in the batch (thousands), and in 8 bits small terms stop registering once
         // the sum is a few hundred times larger. So half types add in f32 and round once, as the CPU
         // backend (f64) and PyTorch's embedding backward do.
-        let wide = index_add(&widen(x)?, shape, dim, idx, &widen(src)?)?;
-        return narrow(&wide);
+        let wide = index_add(&cast_flat(x, DType::F32)?, shape, dim, idx, &cast_flat(src, DType::F32)?)?;
+        return cast_flat(&wide, x.dtype());
     }
     let (outer, size, inner) = split(shape, dim);
     let n = idx.len();
@@ -135,10 +133,10 @@ pub(crate) fn scatter_add(
     idx_check("scatter_add", x, idx)?;
     same_device("scatter_add", x, src)?;
     same_dtype("scatter_add", x, src)?;
-    if let Some(narrow) = half_type(x) {
+    if is_half(x.dtype()) {
         // As index_add: many sources can land on one destination (gather's backward), so add in f32.
-        let wide = scatter_add(&widen(x)?, shape, dim, idx, idx_shape, &widen(src)?)?;
-        return narrow(&wide);
+        let wide = scatter_add(&cast_flat(x, DType::F32)?, shape, dim, idx, idx_shape, &cast_flat(src, DType::F32)?)?;
+        return cast_flat(&wide, x.dtype());
     }
     let (xs, is) = (Strided::contiguous(shape)?, Strided::contiguous(idx_shape)?);
     let lines = idx.len().checked_div(idx_shape[dim]).unwrap_or(0);

@@ -191,12 +191,7 @@ pub(crate) fn cross_entropy_backward(
     if stats.dtype() != stats_dtype(x.dtype()) {
         return Err(Error::DType { op: OP, expected: stats_dtype(x.dtype()), got: stats.dtype() });
     }
-    if stats.len() != 2 * rows || g.len() != rows || x.len() != rows * c {
-        return Err(Error::invalid(
-            OP,
-            format!("{rows} rows of {c} logits need {rows} gradients and 2·{rows} statistics"),
-        ));
-    }
+    crate::backend::check_ce_backward(rows, c, x.len(), g.len(), stats.len())?;
     let out = CudaStorage::alloc(x.dev(), x.dtype(), x.len())?;
     if rows > 0 {
         launch!(x.dev(), kname("cross_entropy_backward", x.dtype()), (rows as u32, 1, 1), (row_threads(c), 1, 1);
