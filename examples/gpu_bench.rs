@@ -143,7 +143,7 @@ fn main() -> Result<()> {
     );
     report("transpose copy f32", &format!("{r}x{c}"), ms, gb(8.0 * (r * c) as f64, ms), "GB/s", copy_gbs, &chk);
     // Attention's head split: [b, t, h, d] -> [b, h, t, d] with d = 64 contiguous (16-byte pack copies).
-    let (hb, ht, hh, hd) = (64usize, 1024usize, 4usize, 64usize);
+    let (hb, ht, hh, hd) = (64usize, 1024usize, 16usize, 64usize);
     let hx = x.reshape(&[hb, ht, hh, hd][..])?;
     let ms = time(d, || hx.transpose(1, 2)?.contiguous().map(|_| ()))?;
     let hy = hx.transpose(1, 2)?.contiguous()?;

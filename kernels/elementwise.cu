@@ -314,14 +314,23 @@ template <typename T> __device__ void transpose_copy_kernel(const T* x, Strided 
             base += (q % sx.shape[d]) * sx.strides[d];
             q /= sx.shape[d];
         }
-        for (int i = threadIdx.y; i < 32; i += 8) {
-            int64_t c = c0 + i, r = r0 + threadIdx.x;
-            if (c < C && r < R) tile[i][threadIdx.x] = x[base + r + c * sc];
+        // All four loads are issued before any is used: one load in flight per thread (a rolled loop that
+        // stores each value to shared memory before the next load) reached 43% of copy bandwidth on an H200.
+        T v[4] = {};
+        const int64_t r = r0 + threadIdx.x;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int64_t c = c0 + threadIdx.y + 8 * k;
+            if (c < C && r < R) v[k] = x[base + r + c * sc];
         }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) tile[threadIdx.y + 8 * k][threadIdx.x] = v[k];
         __syncthreads();
-        for (int i = threadIdx.y; i < 32; i += 8) {
-            int64_t r = r0 + i, c = c0 + threadIdx.x;
-            if (r < R && c < C) y[(bt * R + r) * C + c] = tile[threadIdx.x][i];
+        const int64_t c = c0 + threadIdx.x;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int64_t rr = r0 + threadIdx.y + 8 * k;
+            if (rr < R && c < C) y[(bt * R + rr) * C + c] = tile[threadIdx.x][threadIdx.y + 8 * k];
         }
         __syncthreads();
     }

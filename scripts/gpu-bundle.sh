@@ -51,6 +51,7 @@ done
 pack target/release/munja-run munja-run
 cp data/tinyshakespeare.txt "$out/tinyshakespeare.txt"
 cp scripts/gpu-suite.sh "$out/gpu-suite.sh"
+cp benches/compare/torch_gpt_gpu.py "$out/torch_gpt_gpu.py"
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
 size=$(du -sm "$out" | cut -f1)
 echo "gpu-bundle/: ${size} MiB ($(ls "$out" | tr '\n' ' '))"

@@ -65,6 +65,31 @@ echo
 timeout 300 "$bin/ddp_bench" 2>&1 | tee "$log/ddp_bench.txt"
 ddp_rc=${PIPESTATUS[0]}
 
+# End-to-end training throughput, munja beside PyTorch eager on this card (when the machine's python3 has
+# torch): the shakespeare-char GPT, batch 64 × 256, bf16 and f32, 300 steps each, random-token batches for
+# PyTorch, tiny Shakespeare for munja (the data does not change the work per step).
+echo
+echo "GPT throughput (shakespeare-char, batch 64x256, dropout 0.2, AdamW, clip 1.0; training steps only)"
+echo "| dtype | munja ms/step | munja tokens/s | PyTorch eager ms/step | PyTorch tokens/s | munja / PyTorch speed |"
+echo "|---|---|---|---|---|---|"
+have_torch=0
+python3 -c 'import torch' 2>/dev/null && have_torch=1
+for dt in bf16 f32; do
+    timeout 300 "$bin/gpt" --preset shakespeare-char --dtype "$dt" --batch-size 64 --steps 300 --eval-interval 300 \
+        --eval-iters 5 --device cuda --data "$bundle/tinyshakespeare.txt" --out "$log/gpt-speed-$dt" \
+        >"$log/gpt-speed-$dt.txt" 2>&1
+    [ $have_torch -eq 1 ] && timeout 300 python3 "$bundle/torch_gpt_gpu.py" --dtype "$dt" --steps 200 >"$log/torch-$dt.txt" 2>&1
+    # munja prints "  throughput     1.23M tokens/s ..."; torch_gpt_gpu.py "torch_gpt bf16 ms_per_step 11.70 tokens_per_s 1400000".
+    munja_tok="$(awk '/^  throughput/ { v = $2; m = 1; if (v ~ /k$/) m = 1e3; if (v ~ /M$/) m = 1e6; sub(/[kM]$/, "", v); print v * m }' "$log/gpt-speed-$dt.txt")"
+    torch_tok="$(awk '/^torch_gpt/ { print $6 }' "$log/torch-$dt.txt" 2>/dev/null)"
+    awk -v dt="$dt" -v m="${munja_tok:-0}" -v t="${torch_tok:-0}" 'BEGIN {
+        ms_m = m > 0 ? sprintf("%.2f", 16384e3 / m) : "-"; ms_t = t > 0 ? sprintf("%.2f", 16384e3 / t) : "-"
+        tm = m > 0 ? sprintf("%.0f", m) : "-"; tt = t > 0 ? sprintf("%.0f", t) : "-"; r = (m > 0 && t > 0) ? sprintf("%.2f", m / t) : "-"
+        printf "| %s | %s | %s | %s | %s | %s |\n", dt, ms_m, tm, ms_t, tt, r }'
+    grep -E '^  launches' "$log/gpt-speed-$dt.txt" | sed "s/^ */  munja $dt: /"
+done
+[ $have_torch -eq 1 ] || echo "  (no PyTorch on this machine: munja's side only)"
+
 # The GPT bar run (issue 4), only when asked: MUNJA_GPU_GPT_STEPS=5000 bash gpu-suite.sh
 gpt_rc=0
 if [ -n "${MUNJA_GPU_GPT_STEPS:-}" ]; then

@@ -307,6 +307,7 @@ fn train_in(args: &Args, device: Device, pg: &ProcessGroup) -> Result<()> {
         device,
         steps_done: t.step,
         final_val_loss: final_val,
+        best_val_loss: summary.best_eval.map(|r| (r.val_loss, r.step)),
         wall_s: summary.wall_s,
         train_s: summary.train_s,
         tokens: summary.tokens,

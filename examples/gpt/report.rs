@@ -9,6 +9,8 @@ pub struct RunReport {
     pub device: Device,
     pub steps_done: usize,
     pub final_val_loss: Option<f64>,
+    /// The lowest validation loss of this session's evaluations and its step.
+    pub best_val_loss: Option<(f64, usize)>,
     pub wall_s: f64,
     pub train_s: f64,
     pub tokens: usize,
@@ -42,6 +44,9 @@ impl RunReport {
         out.push(format!("  steps          {} ({} tokens this session)", self.steps_done, si(self.tokens as f64)));
         if let Some(v) = self.final_val_loss {
             out.push(format!("  final val loss {v:.4}"));
+        }
+        if let Some((v, step)) = self.best_val_loss {
+            out.push(format!("  best val loss  {v:.4} at step {step} (of this session's evaluations)"));
         }
         out.push(format!("  wall time      {} ({} in training steps)", duration(self.wall_s), duration(self.train_s)));
         let tok_s = self.tokens as f64 / self.train_s.max(1e-9);

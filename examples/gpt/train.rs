@@ -107,12 +107,24 @@ pub struct Session<'a> {
 pub struct Summary {
     pub outcome: Outcome,
     pub last_eval: Option<Record>,
+    /// The evaluation with the lowest validation loss this session: small corpora overfit, so the last
+    /// evaluation is not always the best one (nanoGPT reports the best for shakespeare-char).
+    pub best_eval: Option<Record>,
     /// Tokens trained on in this session, and the time the steps took (evaluation and checkpoints left
     /// out), for the throughput.
     pub tokens: usize,
     pub train_s: f64,
     /// The session's wall time.
     pub wall_s: f64,
+}
+
+impl Summary {
+    fn record_eval(&mut self, r: Record) {
+        if self.best_eval.as_ref().is_none_or(|b| r.val_loss < b.val_loss) {
+            self.best_eval = Some(r);
+        }
+        self.last_eval = Some(r);
+    }
 }
 
 impl Trainer {
@@ -332,13 +344,20 @@ impl Trainer {
             steps: cfg.steps,
             on_event,
         };
-        let mut summary = Summary { outcome: Outcome::Finished, last_eval: None, tokens: 0, train_s: 0.0, wall_s: 0.0 };
+        let mut summary = Summary {
+            outcome: Outcome::Finished,
+            last_eval: None,
+            best_eval: None,
+            tokens: 0,
+            train_s: 0.0,
+            wall_s: 0.0,
+        };
         // Throughput over the steps since the last evaluation.
         let (mut window_tokens, mut window_s) = (0usize, 0.0f64);
 
         if self.step == 0 {
             let r = self.evaluate(cfg.schedule().lr_at(0), 0.0, start)?;
-            summary.last_eval = Some(out.eval(r)?);
+            summary.record_eval(out.eval(r)?);
         }
         while self.step < cfg.steps {
             let t0 = Instant::now();
@@ -355,7 +374,7 @@ impl Trainer {
 
             if self.step.is_multiple_of(cfg.eval_interval) || self.step == cfg.steps {
                 let r = self.evaluate(lr, tok_s, start)?;
-                summary.last_eval = Some(out.eval(r)?);
+                summary.record_eval(out.eval(r)?);
                 (window_tokens, window_s) = (0, 0.0);
             }
             // Read once, so a signal arriving now is acted on consistently: saved and stopped, both.
@@ -417,8 +436,13 @@ impl Output<'_> {
         }
         if self.verbose {
             let line = format!(
-                "step {:>5}/{}: train loss {:.4}, val loss {:.4}",
-                r.step, self.steps, r.train_loss, r.val_loss
+                "step {:>5}/{}: train loss {:.4}, val loss {:.4}{}",
+                r.step,
+                self.steps,
+                r.train_loss,
+                r.val_loss,
+                // Throughput of the steps since the previous evaluation (none before the first step).
+                if r.tokens_per_s > 0.0 { format!(", {} tok/s", si(r.tokens_per_s)) } else { String::new() }
             );
             // A hidden bar (output not a terminal: a log file, a batch job) swallows println.
             if self.bar.is_hidden() {
