@@ -168,19 +168,42 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
     A aw[FUSED_VALS], ab[FUSED_VALS];
 #pragma unroll
     for (int i = 0; i < FUSED_VALS; ++i) aw[i] = ab[i] = 0;
+    // The weight is the same on every row: 16-bit types (two packs per thread) keep it in registers, so
+    // no row waits on its loads; f32's four packs would not fit in the 128 registers alongside the rest.
+    constexpr bool HOLD_W = KP <= 2;
+    P wk[HOLD_W ? KP : 1];
+    if (HOLD_W && w) {
+#pragma unroll
+        for (int k = 0; k < KP; ++k) {
+            int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+            if (pk < np) wk[k] = reinterpret_cast<const P*>(w)[pk];
+        }
+    }
+    auto weights = [&](int k, int64_t pk, A (&wv)[P::N]) {
+        if (HOLD_W && w) {
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) wv[e] = to_acc<A>(wk[HOLD_W ? k : 0].v[e]);
+        } else {
+            load_param_pack<T, A>(w, pk, (A)1, wv);
+        }
+    };
+    // The next row's x, g and statistics are loaded while this row is reduced.
     P nx[KP], ng[KP];
     int64_t row = blockIdx.x;
+    A nmu = 0, nrs = 0;
+    if (row < rows) nmu = mean[row], nrs = rstd[row];
 #pragma unroll
     for (int k = 0; k < KP; ++k) {
         int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
         if (pk < np && row < rows) nx[k] = px[row * np + pk], ng[k] = pg[row * np + pk];
     }
     for (; row < rows; row += gridDim.x) {
-        A mu = mean[row], rs = rstd[row];
+        A mu = nmu, rs = nrs;
         P cx[KP], cg[KP];
 #pragma unroll
         for (int k = 0; k < KP; ++k) cx[k] = nx[k], cg[k] = ng[k];
         int64_t next = row + gridDim.x;
+        if (next < rows) nmu = mean[next], nrs = rstd[next];
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
@@ -192,7 +215,7 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
             A wv[P::N];
-            load_param_pack<T, A>(w, pk, (A)1, wv);
+            weights(k, pk, wv);
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
                 int i = k * P::N + e;
@@ -212,7 +235,7 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
             A wv[P::N];
-            load_param_pack<T, A>(w, pk, (A)1, wv);
+            weights(k, pk, wv);
             P out;
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {

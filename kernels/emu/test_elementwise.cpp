@@ -98,7 +98,8 @@ inline bool transpose_grid(const Strided& s, dim3& g) {
     if (r < 2 || s.strides[r - 2] != 1 || s.strides[r - 1] == 1) return false;
     int64_t batches = 1;
     for (int d = 0; d < r - 2; ++d) batches *= s.shape[d];
-    g = dim3((unsigned)((s.shape[r - 1] + 31) / 32), (unsigned)((s.shape[r - 2] + 31) / 32),
+    const int64_t tt = TRANSPOSE_TILE;
+    g = dim3((unsigned)((s.shape[r - 1] + tt - 1) / tt), (unsigned)((s.shape[r - 2] + tt - 1) / tt),
              (unsigned)std::min<int64_t>(batches, 65535));
     return s.shape[r - 2] * s.shape[r - 1] > 0;
 }
@@ -184,6 +185,7 @@ int main() {
     binaries<double>();
     binaries<f16>();
     cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(37, 300));
+    cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(150, 129));  // several tiles both ways
     cast<float, float>("cast_f32_f32", cast_f32_f32, transposed(5, 7, 3));
     cast<float, float>("cast_f32_f32", cast_f32_f32, Layout{{4, 50}, {100, 2}, 1});  // every other column
     // Batched transposes: [3, 37, 45] over [3, 45, 37] buffers, and the batch dim itself strided.

@@ -34,7 +34,8 @@ template <typename T> void run(int64_t c, int64_t rows, bool special) {
     unsigned threads = row_threads(c);
     typedef typename Acc<T>::type A;
     Buf<A> stats(2 * rows);  // (max, sum) per row, from the forward to the backward
-    emu::launch(dim3(rows), dim3(threads), K<T>::fwd, x.ptr(), t.data(), loss.ptr(), stats.ptr(), c, ignore);
+    // norm.rs caps the forward at CE_FORWARD_THREADS (256) threads per row.
+    emu::launch(dim3(rows), dim3(std::min(threads, 256u)), K<T>::fwd, x.ptr(), t.data(), loss.ptr(), stats.ptr(), c, ignore);
     emu::launch(dim3(rows), dim3(threads), K<T>::bwd, x.ptr(), t.data(), (const A*)stats.ptr(), g.ptr(), dx.ptr(), c,
                 ignore);
 

@@ -134,6 +134,8 @@ impl CudaStorage {
 
 /// The largest rank a kernel view takes after coalescing (MAX_DIMS in kernels/common.cuh).
 pub(crate) const MAX_DIMS: usize = 8;
+/// Side of the square tiles of kernels/elementwise.cu's transpose_copy (TRANSPOSE_TILE there).
+const TRANSPOSE_TILE: usize = 64;
 
 /// One operand's view as the kernels see it (`struct Strided` in kernels/common.cuh).
 #[repr(C)]
@@ -175,9 +177,9 @@ impl Strided {
         }
         let (rows, cols) = (self.shape[r - 2] as usize, self.shape[r - 1] as usize);
         let batches: usize = self.shape[..r - 2].iter().map(|&d| d as usize).product();
-        let tiles_y = rows.div_ceil(32);
+        let tiles_y = rows.div_ceil(TRANSPOSE_TILE);
         (tiles_y <= 65_535 && rows * cols > 0)
-            .then(|| (cols.div_ceil(32) as u32, tiles_y as u32, batches.min(65_535) as u32))
+            .then(|| (cols.div_ceil(TRANSPOSE_TILE) as u32, tiles_y as u32, batches.min(65_535) as u32))
     }
     /// This view in units of `k` elements (16-byte packs), when its innermost dim is contiguous and every
     /// row starts on a pack: the views kernels/elementwise.cu's copy_packs kernels take.
