@@ -56,25 +56,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Milliseconds per step over `steps` steps, with the device drained before and after.
-fn time_steps(device: Device, steps: usize, step: impl FnMut() -> Result<()>) -> Result<f64> {
-    Ok(profile_steps(device, steps, step)?.0)
+/// (ms per step, ms per step the host spent enqueueing work, munja kernel launches per step), each step
+/// run alone on a drained device: with many steps in a row the launch queue fills and the host waits for
+/// the GPU, so its time would no longer be its own. Enqueueing time close to the step time means the step
+/// is bound by the host (launch overhead), not by the GPU.
+fn profile_steps(device: Device, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    let (mut total, mut host) = (Vec::new(), Vec::new());
+    let launches = cuda::kernel_launches();
+    for _ in 0..steps {
+        cuda::synchronize(device)?;
+        let t = Instant::now();
+        step()?;
+        host.push(t.elapsed().as_secs_f64() * 1e3);
+        cuda::synchronize(device)?;
+        total.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(total), median(host), (cuda::kernel_launches() - launches) as f64 / steps as f64))
 }
 
-/// (ms per step, ms per step the host spent queueing work, munja kernel launches per step). On a GPU the
-/// host returns before the work is done, so queueing time close to the step time means the step is
-/// bound by the host (launch overhead), not by the GPU.
-fn profile_steps(device: Device, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+/// Milliseconds per step over `steps` steps back to back, with the device drained before and after.
+fn time_steps(device: Device, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
     cuda::synchronize(device)?;
-    let launches = cuda::kernel_launches();
     let t = Instant::now();
     for _ in 0..steps {
         step()?;
     }
-    let queued = t.elapsed().as_secs_f64();
     cuda::synchronize(device)?;
-    let n = steps as f64;
-    Ok((t.elapsed().as_secs_f64() * 1e3 / n, queued * 1e3 / n, (cuda::kernel_launches() - launches) as f64 / n))
+    Ok(t.elapsed().as_secs_f64() * 1e3 / steps as f64)
 }
 
 fn run() -> Result<()> {
@@ -161,9 +169,20 @@ fn run() -> Result<()> {
         let (pa, pb) =
             (profile_steps(device, args.steps, &mut step_plain)?, profile_steps(device, args.steps, &mut step_ddp)?);
         if pg.is_main() {
-            for (name, (ms, queued, launches)) in [("plain", pa), ("Ddp", pb)] {
-                println!("{name}: {ms:.2} ms/step, of which the host queued for {queued:.2} ms; {launches:.0} munja kernel launches per step");
+            for (name, (ms, host, launches)) in [("plain", pa), ("Ddp", pb)] {
+                println!(
+                    "{name}: {ms:.2} ms for one step on a drained GPU, of which the host spent {host:.2} ms \
+                     enqueueing; {launches:.0} munja kernel launches per step"
+                );
             }
+        }
+        // GPU time per kernel of the plain step (CUDA events around every launch).
+        cuda::profile_start();
+        time_steps(device, args.steps, &mut step_plain)?;
+        let profile = cuda::profile_stop()?;
+        if pg.is_main() {
+            println!("GPU time per plain step by kernel (mean of {} steps):", args.steps);
+            println!("{}", profile.table(20, args.steps));
         }
     }
     Ok(())

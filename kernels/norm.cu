@@ -316,12 +316,21 @@ __device__ void norm_bwd_wb_partial(const T* x, const typename Acc<T>::type* mea
 }
 
 // gw[col] = Σ_slices pw in f64, gb likewise (either output may be null); the partials are f64 (row
-// slices) or f32 (the fused backward's blocks).
+// slices) or f32 (the fused backward's blocks). Block (32, 8), grid ceil(n/32): thread row y sums slices
+// y, y+8, y+16, ... in order, then row 0 adds the eight in order, so the result does not depend on
+// timing. One thread per column walking all ~264 slices of an H200 had ~16 times fewer loads in flight.
 template <typename W, typename Part>
 __device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, int64_t n, W* gw, W* gb) {
-    GRID_LOOP(col, n) {
-        double aw = 0, ab = 0;
-        for (int k = 0; k < slices; ++k) { aw += (double)pw[k * n + col]; ab += (double)pb[k * n + col]; }
+    __shared__ double sw[8][32], sb[8][32];
+    const int64_t col = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    double aw = 0, ab = 0;
+    if (col < n)
+        for (int k = threadIdx.y; k < slices; k += 8) { aw += (double)pw[k * n + col]; ab += (double)pb[k * n + col]; }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < n) {
+        for (int k = 1; k < 8; ++k) { aw += sw[k][threadIdx.x]; ab += sb[k][threadIdx.x]; }
         if (gw) gw[col] = from_acc<W, double>(aw);
         if (gb) gb[col] = from_acc<W, double>(ab);
     }

@@ -89,6 +89,12 @@ for dt in bf16 f32; do
     grep -E '^  launches' "$log/gpt-speed-$dt.txt" | sed "s/^ */  munja $dt: /"
 done
 [ $have_torch -eq 1 ] || echo "  (no PyTorch on this machine: munja's side only)"
+# Where munja's bf16 step spends its GPU time: CUDA events around every kernel of steps 11-20.
+echo
+timeout 300 "$bin/gpt" --preset shakespeare-char --dtype bf16 --batch-size 64 --steps 30 --eval-interval 1000 \
+    --eval-iters 1 --device cuda --data "$bundle/tinyshakespeare.txt" --out "$log/gpt-profile" --profile \
+    >"$log/gpt-profile.txt" 2>&1
+sed -n '/^GPU time per step by kernel/,/total GPU time/p' "$log/gpt-profile.txt"
 
 # The GPT bar run (issue 4), only when asked: MUNJA_GPU_GPT_STEPS=5000 bash gpu-suite.sh
 gpt_rc=0

@@ -87,6 +87,10 @@ pub struct Args {
     /// (ZeRO-1) instead of keeping a full copy on each. Ignored by single-process runs' results.
     #[arg(long)]
     pub zero1: bool,
+    /// On a GPU: time every kernel of steps 11 to 20 of this session with CUDA events and print the GPU
+    /// time per step by kernel after the run summary.
+    #[arg(long)]
+    pub profile: bool,
     /// auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N. In a data-parallel run
     /// auto and cuda mean the GPU of the process's local rank.
     #[arg(long, default_value = "auto")]

@@ -284,7 +284,19 @@ fn train_in(args: &Args, device: Device, pg: &ProcessGroup) -> Result<()> {
     let energy = EnergyMeter::start(device);
     let session = Session { out: &out, stop, verbose: true };
     let (launches_before, step_before) = (munja::cuda::kernel_launches(), t.step);
-    let summary = t.train(&session, &mut |_: &Event| {})?;
+    // --profile: steps 11 to 20 of this session (after warm-up), through the step events.
+    let (profile_from, profile_steps) = (t.step + 10, 10);
+    let mut profile: Option<Result<munja::cuda::Profile>> = None;
+    let profiling = args.profile && matches!(device, Device::Cuda(_));
+    let summary = t.train(&session, &mut |ev: &Event| {
+        if let (true, Event::Step { step, .. }) = (profiling, ev) {
+            if *step == profile_from {
+                munja::cuda::profile_start();
+            } else if *step == profile_from + profile_steps {
+                profile = Some(munja::cuda::profile_stop());
+            }
+        }
+    })?;
     let launches_per_step =
         (munja::cuda::kernel_launches() - launches_before) as f64 / (t.step - step_before).max(1) as f64;
     let energy_j = total_energy(&t, energy.and_then(EnergyMeter::finish))?;
@@ -318,6 +330,16 @@ fn train_in(args: &Args, device: Device, pg: &ProcessGroup) -> Result<()> {
     };
     for line in report.lines() {
         println!("{line}");
+    }
+    match profile {
+        Some(p) => println!(
+            "GPU time per step by kernel (steps {}-{}):\n{}",
+            profile_from + 1,
+            profile_from + profile_steps,
+            p?.table(25, profile_steps)
+        ),
+        None if profiling => println!("profile: the run ended before step {}", profile_from + profile_steps),
+        None => {}
     }
     println!("wrote {}, {} and {}", ckpt.display(), out.join(METRICS_FILE).display(), out.join(PLOT_FILE).display());
     Ok(())

@@ -97,7 +97,7 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
         Buf<float> pw(blocks * n), pb(blocks * n);
         emu::launch(dim3(blocks), dim3(ft), K<T>::fused, x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows, n,
                     (int)rms, pw.ptr(), pb.ptr());
-        emu::launch(dim3(grid_for(n, 256)), dim3(256), K<T>::fused_finish, pw.ptr(), pb.ptr(), (int)blocks, n,
+        emu::launch(dim3((n + 31) / 32), dim3(32, 8), K<T>::fused_finish, pw.ptr(), pb.ptr(), (int)blocks, n,
                     has_w ? gw.ptr() : nullptr, has_b ? gb.ptr() : nullptr);
     } else {
         if (ct) {
@@ -114,7 +114,7 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
             Buf<double> pw(slices * n), pb(slices * n);
             emu::launch(dim3((n + 31) / 32, slices), dim3(32, 8), K<T>::partial, x.ptr(), mean.ptr(), rstd.ptr(), g.ptr(), rows,
                         n, pw.ptr(), pb.ptr());
-            emu::launch(dim3(grid_for(n, 256)), dim3(256), K<T>::finish, pw.ptr(), pb.ptr(), (int)slices, n,
+            emu::launch(dim3((n + 31) / 32), dim3(32, 8), K<T>::finish, pw.ptr(), pb.ptr(), (int)slices, n,
                         has_w ? gw.ptr() : nullptr, has_b ? gb.ptr() : nullptr);
         }
     }

@@ -896,3 +896,29 @@ fn nccl_collectives_ddp_and_zero1_at_world_size_one() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn profiler_times_each_kernel_and_matmul_by_name() {
+    let Some(d) = gpu() else { return };
+    let a = on(&randn(61, &[256, 512], DType::F32), d);
+    let b = on(&randn(62, &[512, 128], DType::F32), d);
+    cuda::profile_start();
+    let mut c = a.matmul(&b).unwrap();
+    for _ in 0..3 {
+        c = c.add(&c).unwrap();
+    }
+    let profile = cuda::profile_stop().unwrap();
+    // Stopped: later work is not recorded.
+    a.matmul(&b).unwrap().to_vec_f64().unwrap();
+    if d == Device::Cpu {
+        assert!(profile.kernels.is_empty(), "the CPU records no kernels: {profile:?}");
+        return;
+    }
+    let calls = |name: &str| profile.kernels.iter().find(|k| k.name == name).map_or(0, |k| k.calls);
+    assert_eq!(calls("cublasLt matmul f32"), 1, "{profile:?}");
+    assert_eq!(calls("binary_f32"), 3, "{profile:?}");
+    assert_eq!(profile.calls(), 4, "{profile:?}");
+    assert!(profile.kernels.iter().all(|k| k.total_ms > 0.0 && k.total_ms < 1e3), "{profile:?}");
+    let table = profile.table(1, 1);
+    assert!(table.contains("(1 other kernels)") && table.contains("total GPU time"), "{table}");
+}

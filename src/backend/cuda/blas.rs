@@ -251,28 +251,41 @@ fn run(
         } else {
             (&one32 as *const _ as _, &zero32 as *const _ as _)
         };
-        let r = lt::matmul(
-            ltc.handle,
-            desc,
-            alpha,
-            beta,
-            a.ptr as *const c_void,
-            la,
-            b.ptr as *const c_void,
-            lb,
-            d as *const c_void,
-            ld,
-            d as *mut c_void,
-            ld,
-            &algo,
-            ltc.workspace.ptr() as *mut c_void,
-            WORKSPACE,
-            dev.cu_stream() as sys::cudaStream_t,
-        );
+        let r = super::profile::timed(dev, profile_name(dt), || {
+            lt::matmul(
+                ltc.handle,
+                desc,
+                alpha,
+                beta,
+                a.ptr as *const c_void,
+                la,
+                b.ptr as *const c_void,
+                lb,
+                d as *const c_void,
+                ld,
+                d as *mut c_void,
+                ld,
+                &algo,
+                ltc.workspace.ptr() as *mut c_void,
+                WORKSPACE,
+                dev.cu_stream() as sys::cudaStream_t,
+            )
+            .map_err(e)
+        });
         let _ = lt::destroy_matrix_layout(la);
         let _ = lt::destroy_matrix_layout(lb);
         let _ = lt::destroy_matrix_layout(ld);
         let _ = lt::destroy_matmul_desc(desc);
-        r.map_err(e)
+        r
+    }
+}
+
+/// The profiler's name for a matmul of `dt`.
+fn profile_name(dt: DType) -> &'static str {
+    match dt {
+        DType::BF16 => "cublasLt matmul bf16",
+        DType::F16 => "cublasLt matmul f16",
+        DType::F64 => "cublasLt matmul f64",
+        _ => "cublasLt matmul f32",
     }
 }

@@ -160,8 +160,10 @@ impl CudaDevice {
             return Ok(());
         }
         KERNEL_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: the caller passes arguments matching the kernel's signature (see the launch! macro uses).
-        unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }.map_err(|e| self.err(name, e))
+        super::profile::timed(self, name, || {
+            // SAFETY: the caller passes arguments matching the kernel's signature (see the launch! macro uses).
+            unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }.map_err(|e| self.err(name, e))
+        })
     }
 }
 

@@ -17,6 +17,7 @@ mod index;
 mod module;
 mod norm;
 mod optim;
+mod profile;
 mod random;
 mod reduce;
 mod softmax;
@@ -26,6 +27,7 @@ pub use alloc::driver_allocations;
 pub use blas::{set_tf32, tf32_enabled};
 pub use device::{device_count, is_available, kernel_launches, synchronize, time_ms};
 pub use module::{kernel_names, FATBIN, PTXAS_REPORT};
+pub use profile::{profile_start, profile_stop, KernelTime, Profile};
 pub use storage::CudaStorage;
 
 pub(crate) use device::CudaDevice;

@@ -1,6 +1,6 @@
 //! Launchers for kernels/norm.cu (layer/RMS norm) and kernels/loss.cu (cross-entropy from logits).
 
-use super::device::{grid_for, launch};
+use super::device::launch;
 use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
@@ -22,6 +22,11 @@ fn fused_threads(n: usize, dtype: DType, ptrs: &[u64]) -> Option<u32> {
         && n <= FUSED_VALS * FUSED_THREADS
         && ptrs.iter().all(|p| p.is_multiple_of(16));
     fits.then(|| (n.div_ceil(FUSED_VALS).div_ceil(32) * 32).clamp(32, FUSED_THREADS) as u32)
+}
+
+/// Grid of the weight/bias finish kernels (block (32, 8)): one block per 32 columns.
+fn finish_grid(n: usize) -> (u32, u32, u32) {
+    (n.div_ceil(32) as u32, 1, 1)
 }
 
 fn stats_dtype(d: DType) -> DType {
@@ -114,7 +119,7 @@ pub(crate) fn norm_backward(
         let gw = w.map(|_| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let gb = has_bias.then(|| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let (gwp, gbp) = (gw.as_ref().map_or(0, |s| s.ptr()), gb.as_ref().map_or(0, |s| s.ptr()));
-        launch!(dev, kname("norm_backward_fused_finish", x.dtype()), grid_for(n, 256), (256, 1, 1);
+        launch!(dev, kname("norm_backward_fused_finish", x.dtype()), finish_grid(n), (32, 8, 1);
             pw.ptr(), pb.ptr(), blocks as i32, n as i64, gwp, gbp)?;
         return Ok((gx, gw, gb));
     }
@@ -139,7 +144,7 @@ pub(crate) fn norm_backward(
         launch!(dev, kname("norm_backward_wb_partial", x.dtype()), (n.div_ceil(32) as u32, slices as u32, 1), (32, 8, 1);
             x.ptr(), mean.ptr(), rstd.ptr(), g.ptr(), rows as i64, n as i64, pw.ptr(), pb.ptr())?;
         let (gwp, gbp) = (if w.is_some() { gw.ptr() } else { 0u64 }, if has_bias { gb.ptr() } else { 0u64 });
-        launch!(dev, kname("norm_backward_wb_finish", x.dtype()), grid_for(n, 256), (256, 1, 1);
+        launch!(dev, kname("norm_backward_wb_finish", x.dtype()), finish_grid(n), (32, 8, 1);
             pw.ptr(), pb.ptr(), slices as i32, n as i64, gwp, gbp)?;
     }
     Ok((gx, w.map(|_| gw), has_bias.then_some(gb)))
