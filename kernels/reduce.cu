@@ -46,6 +46,28 @@ __device__ void reduce_rows(const T* x, Strided s, int64_t n_red, int op, int co
     }
 }
 
+// Folds (sum, max or min) over the leading dims of a contiguous [rows, cols] block, e.g. a bias gradient
+// summed over the batch, with threads along the columns so that each warp reads 32 adjacent values
+// (reduce_rows, one block per output, read them `cols` apart: one memory sector per value). Block (32, 8),
+// grid (ceil(cols/32), slices): thread row y folds rows y, y+8, ... of its slice in order, then row 0 of
+// the block folds the eight in order; with slices > 1 it leaves f64 partials for reduce_finish. The order
+// is fixed, so results do not depend on timing.
+template <typename T> __device__ void reduce_cols(const T* x, int64_t rows, int64_t cols, int op, T* out, double* partial) {
+    __shared__ double sh[8][32];
+    const int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    const int64_t per = (rows + gridDim.y - 1) / gridDim.y, lo = (int64_t)blockIdx.y * per, hi = min(rows, lo + per);
+    double acc = r_init(op);
+    if (c < cols)
+        for (int64_t r = lo + threadIdx.y; r < hi; r += 8) acc = r_combine(op, acc, to_acc<double>(x[r * cols + c]));
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        for (int k = 1; k < 8; ++k) acc = r_combine(op, acc, sh[k][threadIdx.x]);
+        if (gridDim.y == 1) out[c] = from_acc<T, double>(acc);
+        else partial[c * gridDim.y + blockIdx.y] = acc;
+    }
+}
+
 // Folds `slices` f64 partials per output row (in a fixed order: deterministic).
 template <typename T> __device__ void reduce_finish(const double* partial, int64_t n_out, int slices, int op, T* out) {
     GRID_LOOP(o, n_out) {
@@ -96,6 +118,8 @@ template <typename T> __device__ void argmax_rows(const T* x, Strided s, int64_t
 #define REDUCE(S, T) \
     extern "C" __global__ void reduce_rows_##S(const T* x, Strided s, int64_t n_red, int op, int contig, T* out, double* partial) { \
         reduce_rows<T>(x, s, n_red, op, contig, out, partial); } \
+    extern "C" __global__ void reduce_cols_##S(const T* x, int64_t rows, int64_t cols, int op, T* out, double* partial) { \
+        reduce_cols<T>(x, rows, cols, op, out, partial); } \
     extern "C" __global__ void reduce_finish_##S(const double* p, int64_t n_out, int slices, int op, T* out) { \
         reduce_finish<T>(p, n_out, slices, op, out); } \
     extern "C" __global__ void reduce_small_##S(const T* x, Strided s, int64_t n_out, int64_t n_red, int op, T* out) { \

@@ -1,5 +1,6 @@
 // kernels/elementwise.cu on the emulator: binary_rows (bias add, column broadcast), binary (contiguous
-// vector and scalar paths, small strided broadcast), casts and copy_into on transposed views, launched as
+// vector and scalar paths, small strided broadcast), compare and where (each FlatView form and the per-dim
+// path), casts and copy_into on transposed views, launched as
 // src/backend/cuda/elementwise.rs does, with `Strided` views built as storage.rs::views does.
 #include "cuda_emu.h"
 #include "../elementwise.cu"
@@ -17,7 +18,8 @@ inline unsigned grid_ew(int64_t n, size_t elem, bool contig) {
 template <typename T> struct K;
 #define KE(S, T) \
     template <> struct K<T> { \
-        static constexpr auto bin = binary_##S, rows = binary_rows_##S, copy = copy_into_##S, tr = transpose_copy_##S; };
+        static constexpr auto bin = binary_##S, rows = binary_rows_##S, copy = copy_into_##S, tr = transpose_copy_##S; \
+        static constexpr auto cmp = compare_##S, wh = where_##S; };
 KE(f32, float) KE(f64, double) KE(bf16, bf16) KE(f16, f16)
 
 double ref_op(int op, double x, double y) {
@@ -91,6 +93,8 @@ template <typename T> void binaries() {
 
 // A transposed 2-D view: logical [r, c] over a row-major [c, r] buffer (strides [1, r]), plus offset.
 inline Layout transposed(int64_t r, int64_t c, int64_t off = 0) { return Layout{{r, c}, {1, r}, off}; }
+// One value broadcast to every element of `shape`.
+inline Layout scalar_of(std::vector<int64_t> shape) { return Layout{shape, std::vector<int64_t>(shape.size(), 0), 0}; }
 
 // Strided::transpose_grid (storage.rs): unit stride in the second-to-last merged dim, not in the last.
 inline bool transpose_grid(const Strided& s, dim3& g) {
@@ -179,7 +183,66 @@ template <typename T> void copy_into(const char* what, Layout ld, Layout ls) {
     compare(name, d.ptr(), ref, 0);
 }
 
+// Values in {0, 1, 2, 3}: comparisons meet ties.
+template <typename T> void fill_levels(Buf<T>& b) {
+    for (size_t i = 0; i < b.n; ++i) b[i] = from_d<T>(std::floor(uniform(0, 4)));
+}
+
+// y = a op b (as 0/1 bytes) over la's shape, both broadcast views; dispatched as compare() does.
+template <typename T> void compare_test(const char* what, Layout la, Layout lb, int op) {
+    Buf<T> a(la.span()), b(lb.span());
+    fill_levels(a), fill_levels(b);
+    int64_t n = la.numel();
+    Buf<uint8_t> y(n);
+    auto [v, contig] = views<2>({&la, &lb});
+    emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::cmp, a.ptr(), v[0], b.ptr(), v[1], y.ptr(), n, op);
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) {
+        double u = a.d(la.at(i)), w = b.d(lb.at(i));
+        bool r = op == 0 ? u == w : op == 1 ? u != w : op == 2 ? u < w : op == 3 ? u <= w : op == 4 ? u > w : u >= w;
+        ref[i] = r ? 1 : 0;
+    }
+    char name[160];
+    snprintf(name, sizeof name, "compare_%s %s op=%d n=%ld rank=%d", tname<T>(), what, op, (long)n, v[0].rank);
+    compare(name, y.ptr(), ref, 0);
+}
+
+// y = m ? a : b over la's shape, all three broadcast views; dispatched as where_cond() does.
+template <typename T> void where_test(const char* what, Layout lm, Layout la, Layout lb) {
+    Buf<uint8_t> m(lm.span());
+    for (size_t i = 0; i < m.n; ++i) m[i] = uniform(0, 1) < 0.5;
+    Buf<T> a(la.span()), b(lb.span());
+    a.fill_random(-3, 3), b.fill_random(5, 9);
+    int64_t n = la.numel();
+    Buf<T> y(n);
+    auto [v, contig] = views<3>({&lm, &la, &lb});
+    emu::launch(dim3(grid_for(n, THREADS)), dim3(THREADS), K<T>::wh, m.ptr(), v[0], a.ptr(), v[1], b.ptr(), v[2], y.ptr(), n);
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) ref[i] = m[lm.at(i)] ? a.d(la.at(i)) : b.d(lb.at(i));
+    char name[160];
+    snprintf(name, sizeof name, "where_%s %s n=%ld rank=%d", tname<T>(), what, (long)n, v[0].rank);
+    compare(name, y.ptr(), ref, 0);
+}
+
+template <typename T> void compares_and_wheres() {
+    // [4, 3, 20, 20] attention scores: a causal [20, 20] mask repeated over batch and heads (row repeat),
+    // a scalar fill value (all strides 0), dense scores.
+    Layout scores = contiguous({4, 3, 20, 20}), mask{{4, 3, 20, 20}, {0, 0, 20, 1}, 0},
+           scalar{{4, 3, 20, 20}, {0, 0, 0, 0}, 0};
+    where_test<T>("causal mask, scalar fill", mask, scores, scalar);
+    where_test<T>("dense, per-row value", contiguous({50, 30}), Layout{{50, 30}, {1, 0}, 3}, contiguous({50, 30}, 1));
+    where_test<T>("transposed (per-dim path)", transposed(17, 23), contiguous({17, 23}), transposed(17, 23, 2));
+    where_test<T>("rank 3 after merging", Layout{{3, 4, 5}, {0, 5, 1}, 0}, Layout{{3, 4, 5}, {40, 5, 1}, 0}, scalar_of({3, 4, 5}));
+    for (int op = 0; op < 6; ++op) compare_test<T>("dense vs scalar", contiguous({777}), Layout{{777}, {0}, 2}, op);
+    compare_test<T>("row repeat", contiguous({9, 40}), Layout{{9, 40}, {0, 1}, 0}, 5);
+    compare_test<T>("per row", contiguous({9, 40}, 1), Layout{{9, 40}, {1, 0}, 0}, 2);
+    compare_test<T>("transposed (per-dim path)", transposed(13, 31), contiguous({13, 31}), 3);
+}
+
 int main() {
+    compares_and_wheres<float>();
+    compares_and_wheres<bf16>();
+    compares_and_wheres<double>();
     binaries<float>();
     binaries<bf16>();
     binaries<double>();

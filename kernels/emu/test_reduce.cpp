@@ -14,7 +14,7 @@ constexpr size_t TARGET_BLOCKS = 1024;
 template <typename T> struct K;
 #define KR(S, T) \
     template <> struct K<T> { \
-        static constexpr auto rows = reduce_rows_##S, finish = reduce_finish_##S, small = reduce_small_##S; \
+        static constexpr auto rows = reduce_rows_##S, finish = reduce_finish_##S, small = reduce_small_##S, cols = reduce_cols_##S; \
         static constexpr auto argmax = argmax_##S; };
 KR(f32, float) KR(f64, double) KR(bf16, bf16) KR(f16, f16) KR(i64, int64_t) KR(u8, uint8_t)
 
@@ -39,6 +39,22 @@ inline Permuted permuted(const Layout& l, const std::vector<int>& dims) {
     Layout reduced{rs, rst, 0};
     p.contig = views<1>({&reduced}).second;  // the reduced dims merge into one dense run
     return p;
+}
+
+// reduce.rs::cols_slices: reduce_cols's row slices when the reduced dims are exactly the leading dims of a
+// contiguous view with more than 32 rows and at least 32 columns; 0 when it does not apply.
+inline size_t cols_slices(const Layout& l, const std::vector<int>& dims, int64_t cols, int64_t rows) {
+    bool leading = !dims.empty() && dims.size() < l.shape.size();
+    for (int d = 0; d < (int)dims.size(); ++d) leading = leading && std::find(dims.begin(), dims.end(), d) != dims.end();
+    bool contiguous = true;
+    int64_t acc = 1;
+    for (int d = (int)l.shape.size() - 1; d >= 0; --d) {
+        if (l.shape[d] != 1 && l.strides[d] != acc) contiguous = false;
+        acc *= l.shape[d];
+    }
+    if (!leading || !contiguous || rows <= 32 || cols < 32) return 0;
+    size_t blocks = (size_t)(cols + 31) / 32;
+    return std::clamp<size_t>(std::min<size_t>((TARGET_BLOCKS + blocks - 1) / blocks, (size_t)(rows + 63) / 64), 1, 1024);
 }
 
 inline std::string desc(const Layout& l, const std::vector<int>& dims) {
@@ -86,7 +102,16 @@ template <typename T> void reduce(Layout l, std::vector<int> dims) {
         std::string kn;
         size_t slices = std::clamp<size_t>(std::min<size_t>((TARGET_BLOCKS + n_out - 1) / n_out,
                                                             (n_red + 8 * THREADS - 1) / (8 * THREADS)), 1, 1024);
-        if (n_red <= 32) {
+        if (size_t cs = cols_slices(l, dims, n_out, n_red)) {
+            kn = std::string("reduce_cols_") + tname<T>() + (cs > 1 ? "+finish slices=" + std::to_string(cs) : "");
+            dim3 grid((unsigned)((n_out + 31) / 32), (unsigned)cs);
+            Buf<double> partial(cs > 1 ? n_out * cs : 1);
+            emu::launch(grid, dim3(32, 8), K<T>::cols, x.ptr() + l.offset, n_red, n_out, op, out.ptr(),
+                        cs > 1 ? partial.ptr() : nullptr);
+            if (cs > 1)
+                emu::launch(dim3(grid_for(n_out, THREADS)), dim3(THREADS), K<T>::finish, partial.ptr(), n_out, (int)cs, op,
+                            out.ptr());
+        } else if (n_red <= 32) {
             kn = std::string("reduce_small_") + tname<T>();
             emu::launch(dim3(grid_for(n_out, THREADS)), dim3(THREADS), K<T>::small, x.ptr(), s, n_out, n_red, op, out.ptr());
         } else if (slices == 1) {
@@ -162,6 +187,10 @@ template <typename T> void all() {
     reduce<T>(Layout{{300, 6}, {1, 300}, 0}, {0});      // transposed view: reduced dim has stride 1
     reduce<T>(Layout{{6, 100}, {100, 1}, 5}, {1});      // view at an offset
     reduce<T>(Layout{{9, 40}, {1, 9}, 0}, {1});         // transposed view, reduced dim strided
+    reduce<T>(contiguous({300, 40}), {0});              // leading dim over contiguous columns: reduce_cols
+    reduce<T>(contiguous({5, 70, 33}), {1, 0});         // two leading dims (given out of order), 33 columns
+    reduce<T>(contiguous({4100, 64}), {0});             // reduce_cols split in slices + finish
+    reduce<T>(Layout{{100, 40}, {40, 1}, 7}, {0});      // reduce_cols on a view at an offset
     argmax<T>(contiguous({6, 5}), 1);                   // 32 threads for 5 values
     argmax<T>(contiguous({4, 100, 3}), 1);              // middle dim: 128 threads
     argmax<T>(contiguous({5, 1000}), 1);                // 256 threads, 4 values each

@@ -1,6 +1,7 @@
-//! Launchers for kernels/reduce.cu. The view is permuted so kept dims come first and reduced dims last;
-//! short rows use one thread per output, long rows one block per output, and few very long rows are split
-//! over several blocks per row with a deterministic second pass.
+//! Launchers for kernels/reduce.cu. Sums over the leading dims of a contiguous tensor (a bias gradient)
+//! fold columns with threads along them (reduce_cols). Otherwise the view is permuted so kept dims come
+//! first and reduced dims last; short rows use one thread per output, long rows one block per output, and
+//! few very long rows are split over several blocks per row with a deterministic second pass.
 
 use super::device::{grid_for, launch};
 use super::elementwise::cast;
@@ -26,6 +27,15 @@ fn permuted(l: &Layout, dims: &[usize]) -> (Layout, usize, usize, bool) {
     (lp, n_out, n_red, contig)
 }
 
+/// Row slices for kernels/reduce.cu's reduce_cols when it applies: a contiguous view whose reduced dims
+/// are exactly its leading dims (a sum over the batch), more than 32 rows to fold and at least one warp's
+/// width of kept columns. Enough slices for TARGET_BLOCKS blocks, each at least 64 rows.
+fn cols_slices(l: &Layout, dims: &[usize], cols: usize, rows: usize) -> Option<usize> {
+    let leading = !dims.is_empty() && (0..dims.len()).all(|d| dims.contains(&d)) && dims.len() < l.rank();
+    (leading && l.is_contiguous() && rows > 32 && cols >= 32)
+        .then(|| TARGET_BLOCKS.div_ceil(cols.div_ceil(32)).min(rows.div_ceil(64)).clamp(1, 1024))
+}
+
 pub(crate) fn reduce(x: &CudaStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<CudaStorage> {
     if x.dtype() == DType::U8 && op == ReduceOp::Sum {
         let w = cast(x, l, DType::I64)?;
@@ -37,8 +47,25 @@ pub(crate) fn reduce(x: &CudaStorage, l: &Layout, dims: &[usize], op: ReduceOp) 
     if n_out == 0 {
         return Ok(out);
     }
-    let ([s], _) = views([&lp])?;
     let code = op as i32;
+    if let Some(slices) = cols_slices(l, dims, n_out, n_red) {
+        // Leading dims reduced over a contiguous block: threads along the kept (column) dims.
+        let cols = n_out;
+        let grid = (cols.div_ceil(32) as u32, slices as u32, 1);
+        let x0 = x.ptr_at(l.offset());
+        if slices == 1 {
+            launch!(dev, kname("reduce_cols", x.dtype()), grid, (32, 8, 1);
+                x0, n_red as i64, cols as i64, code, out.ptr(), 0u64)?;
+            return Ok(out);
+        }
+        let partial = CudaStorage::alloc(dev, DType::F64, cols * slices)?;
+        launch!(dev, kname("reduce_cols", x.dtype()), grid, (32, 8, 1);
+            x0, n_red as i64, cols as i64, code, out.ptr(), partial.ptr())?;
+        launch!(dev, kname("reduce_finish", x.dtype()), grid_for(cols, THREADS), (THREADS, 1, 1);
+            partial.ptr(), cols as i64, slices as i32, code, out.ptr())?;
+        return Ok(out);
+    }
+    let ([s], _) = views([&lp])?;
     if n_red <= 32 {
         launch!(dev, kname("reduce_small", x.dtype()), grid_for(n_out, THREADS), (THREADS, 1, 1);
             x.ptr(), s, n_out as i64, n_red as i64, code, out.ptr())?;
