@@ -25,14 +25,33 @@ template <typename T> __device__ __forceinline__ double below_one() { return 1.0
 template <> __device__ __forceinline__ double below_one<bf16>() { return 0.99609375; }    // 1 − 2^-8
 template <> __device__ __forceinline__ double below_one<f16>() { return 0.99951171875; }  // 1 − 2^-11
 
+// One uniform draw from a Philox word, rounded to T and kept below 1.
+template <typename T> __device__ __forceinline__ T uniform_value(uint32_t w) {
+    T v = from_acc<T, double>((double)unit(w));
+    return to_acc<double>(v) >= 1.0 ? from_acc<T, double>(below_one<T>()) : v;
+}
+
 template <typename T> __device__ void uniform_k(T* y, int64_t n, uint64_t seed, uint64_t start) {
     GRID_LOOP(b, (n + 3) / 4) {
         uint4 r = philox(seed, start + (uint64_t)b);
         uint32_t w[4] = {r.x, r.y, r.z, r.w};
-        for (int k = 0; k < 4 && 4 * b + k < n; ++k) {
-            T v = from_acc<T, double>((double)unit(w[k]));
-            y[4 * b + k] = to_acc<double>(v) >= 1.0 ? from_acc<T, double>(below_one<T>()) : v;
-        }
+        for (int k = 0; k < 4 && 4 * b + k < n; ++k) y[4 * b + k] = uniform_value<T>(w[k]);
+    }
+}
+
+// Dropout's scaled keep mask: y[i] = (u_i >= p) ? scale : 0 with u_i element i of uniform_k's draw, and p
+// and scale rounded as the ops this replaces round them (ge_scalar compares with p stored in T; the
+// affine multiplies the 0/1 cast in T's compute type): bit for bit uniform → ge_scalar → cast → affine.
+template <typename T>
+__device__ void dropout_mask_k(T* y, int64_t n, uint64_t seed, uint64_t start, double p, double scale) {
+    typedef typename Acc<T>::type A;
+    const double pt = to_acc<double>(from_acc<T, double>(p));
+    const A s = (A)scale;
+    const T keep = from_acc<T>((A)1 * s + (A)0), drop = from_acc<T>((A)0 * s + (A)0);
+    GRID_LOOP(b, (n + 3) / 4) {
+        uint4 r = philox(seed, start + (uint64_t)b);
+        uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        for (int k = 0; k < 4 && 4 * b + k < n; ++k) y[4 * b + k] = to_acc<double>(uniform_value<T>(w[k])) >= pt ? keep : drop;
     }
 }
 
@@ -51,5 +70,7 @@ template <typename T> __device__ void normal_k(T* y, int64_t n, uint64_t seed, u
 
 #define RANDOM(S, T) \
     extern "C" __global__ void uniform_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { uniform_k<T>(y, n, seed, start); } \
-    extern "C" __global__ void normal_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { normal_k<T>(y, n, seed, start); }
+    extern "C" __global__ void normal_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { normal_k<T>(y, n, seed, start); } \
+    extern "C" __global__ void dropout_mask_##S(T* y, int64_t n, uint64_t seed, uint64_t start, double p, double scale) { \
+        dropout_mask_k<T>(y, n, seed, start, p, scale); }
 FOR_FLOATS(RANDOM)

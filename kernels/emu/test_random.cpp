@@ -10,7 +10,8 @@ using namespace chk;
 constexpr unsigned THREADS = 256;
 
 template <typename T> struct K;
-#define KR(S, T) template <> struct K<T> { static constexpr auto uniform = uniform_##S, normal = normal_##S; };
+#define KR(S, T) \
+    template <> struct K<T> { static constexpr auto uniform = uniform_##S, normal = normal_##S, dropout = dropout_mask_##S; };
 KR(f32, float) KR(f64, double) KR(bf16, bf16) KR(f16, f16)
 
 // --- src/rng.rs ---
@@ -76,6 +77,32 @@ template <typename T> void uniform(size_t n, uint64_t seed, uint64_t start) {
     compare(name, y.ptr(), ref, 0);
 }
 
+// dropout_mask(n, p): the uniform draw above (in T) compared with p stored in T, then 1 × scale in T's
+// compute type (f32 for the half types and f32, f64 for f64) rounded to T, as the CPU's ge_scalar, cast
+// and affine give it. Exact.
+template <typename T> void dropout(size_t n, uint64_t seed, uint64_t start, double p) {
+    Buf<T> y(n + 1);
+    y.fill(-1);
+    const double scale = 1.0 / (1.0 - p);
+    emu::launch(dim3(grid_for((n + 3) / 4, THREADS)), dim3(THREADS), K<T>::dropout, y.ptr(), (int64_t)n, seed, start, p,
+                scale);
+    std::vector<float> u = uniform_from(seed, start, n);
+    const double pt = to_d(from_d<T>(p));
+    const double kept = sizeof(T) == 8 ? scale : to_d(from_d<T>((double)(float)scale));
+    std::vector<double> ref(n + 1, -1.0);
+    size_t dropped = 0;
+    for (size_t i = 0; i < n; ++i) {
+        double v = to_d(from_d<T>((double)u[i]));
+        if (v >= 1.0) v = to_d(nextafter_below_one<T>());
+        ref[i] = v >= pt ? kept : 0.0;
+        dropped += ref[i] == 0.0;
+    }
+    char name[160];
+    snprintf(name, sizeof name, "dropout_mask_%s n=%zu p=%g seed=%#llx start=%#llx (%zu dropped)", tname<T>(), n, p,
+             (unsigned long long)seed, (unsigned long long)start, dropped);
+    compare(name, y.ptr(), ref, 0);
+}
+
 // normal(n) from block `start` (one block per pair): the CPU's f64 normals rounded to T. The device's
 // sin/cos/log may differ from libm's by an ulp, hence a tolerance even in f64.
 template <typename T> void normal(size_t n, uint64_t seed, uint64_t start) {
@@ -96,6 +123,7 @@ template <typename T> void all() {
     for (auto& c : cases) {
         for (size_t n : {1001, 6, 1}) uniform<T>(n, c[0], c[1]);
         for (size_t n : {1001, 2, 1}) normal<T>(n, c[0], c[1]);
+        for (double p : {0.2, 0.1, 0.5}) dropout<T>(1001, c[0], c[1], p);
     }
 }
 

@@ -1,7 +1,10 @@
 //! Dropout: zero each element with probability p and scale the rest by 1/(1−p), from the seeded generator.
 
 use crate::autograd::record;
+use crate::backend::Storage;
+use crate::shape::Layout;
 use crate::{Error, Result, Tensor};
+use std::sync::{Arc, RwLock};
 
 impl Tensor {
     /// Dropout with the default generator. In eval mode (`train == false`) it is the identity.
@@ -19,8 +22,11 @@ impl Tensor {
         if p == 1.0 {
             return self.mul_scalar(0.0);
         }
-        let u = Tensor::rand_with(g, self.dims(), self.dtype(), self.device())?;
-        let mask = u.ge_scalar(p)?.to_dtype(self.dtype())?.mul_scalar(1.0 / (1.0 - p))?;
+        // The same draw as Tensor::rand_with (the generator advances alike), kept where ≥ p, scaled.
+        let n = self.numel();
+        let block = g.advance(n);
+        let s = Storage::dropout_mask(self.device(), self.dtype(), n, g.seed, block, p, 1.0 / (1.0 - p))?;
+        let mask = Tensor::from_parts(Arc::new(RwLock::new(s)), Layout::contiguous(self.dims()), true);
         let out = {
             let _ng = crate::autograd::NoGradGuard::new();
             self.mul(&mask)?

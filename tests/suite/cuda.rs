@@ -647,6 +647,28 @@ fn random_streams_are_identical_to_cpu() {
     }
 }
 
+#[test]
+fn dropout_is_identical_to_cpu_forward_and_backward() {
+    let Some(d) = gpu() else { return };
+    for dt in FLOATS {
+        for p in [0.2, 0.5] {
+            let x = randn(71, &[3, 1000 + 3], dt);
+            let run = |dev: Device| {
+                let xd = on(&x, dev).set_requires_grad(true);
+                let y = xd.dropout_with(&mut Generator::new(9), p, true).unwrap();
+                y.sum_all().unwrap().backward().unwrap();
+                (y.to_vec_f64().unwrap(), xd.grad().unwrap().to_vec_f64().unwrap())
+            };
+            let ((y, gx), (yg, gxg)) = (run(Device::Cpu), run(d));
+            // The same Philox draws, roundings and products: equal bit for bit, not just close.
+            assert_eq!(yg, y, "dropout {dt} p={p} forward");
+            assert_eq!(gxg, gx, "dropout {dt} p={p} backward");
+            let dropped = gx.iter().filter(|&&v| v == 0.0).count() as f64 / gx.len() as f64;
+            assert!((dropped - p).abs() < 0.05, "dropout {dt} p={p}: {dropped} dropped");
+        }
+    }
+}
+
 fn adam(step: u64, decoupled: bool) -> AdamParams {
     AdamParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, decoupled, step }
 }

@@ -222,6 +222,32 @@ fn dropout_drops_in_training_and_is_identity_in_eval() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn dropout_keeps_exactly_where_the_generators_uniform_draw_reaches_p() -> Result<()> {
+    // The mask is the generator's uniform draw (the same one Tensor::rand_with makes) compared with p,
+    // in every float dtype, and the generator ends where that draw leaves it.
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let x = Tensor::randn_with(&mut Generator::new(3), &[4, 501], dt, CPU)?;
+        let (mut g, mut h) = (Generator::new(21), Generator::new(21));
+        let y = x.dropout_with(&mut g, 0.3, true)?;
+        let u = Tensor::rand_with(&mut h, &[4, 501], dt, CPU)?;
+        let (y, u, x) = (y.to_vec_f64()?, u.to_vec_f64()?, x.to_vec_f64()?);
+        let p = Tensor::scalar(0.3, dt, CPU)?.to_vec_f64()?[0];
+        let scale = Tensor::scalar(1.0 / 0.7, dt, CPU)?.to_vec_f64()?[0];
+        for i in 0..y.len() {
+            let want = if u[i] >= p { x[i] * scale } else { 0.0 };
+            assert!((y[i] - want).abs() <= 1e-2 * want.abs(), "{dt} element {i}: {} vs {want}", y[i]);
+            assert_eq!(
+                y[i] == 0.0,
+                u[i] < p || x[i] == 0.0,
+                "{dt} element {i}: kept where u < p or dropped where u >= p"
+            );
+        }
+        assert_eq!(g.uniform(1), h.uniform(1), "{dt}: the generators must stand at the same place");
+    }
+    Ok(())
+}
+
 /// A scalar function to check an activation against.
 type Scalar = Box<dyn Fn(f64) -> f64>;
 

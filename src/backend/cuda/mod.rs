@@ -48,6 +48,17 @@ pub(crate) fn full(ordinal: usize, dtype: DType, n: usize, value: f64) -> Result
 pub(crate) fn uniform(ordinal: usize, dtype: DType, n: usize, seed: u64, block: u64) -> Result<CudaStorage> {
     random::uniform(&CudaDevice::get(ordinal)?, dtype, n, seed, block)
 }
+pub(crate) fn dropout_mask(
+    ordinal: usize,
+    dtype: DType,
+    n: usize,
+    seed: u64,
+    block: u64,
+    p: f64,
+    scale: f64,
+) -> Result<CudaStorage> {
+    random::dropout_mask(&CudaDevice::get(ordinal)?, dtype, n, seed, block, p, scale)
+}
 pub(crate) fn normal(ordinal: usize, dtype: DType, n: usize, seed: u64, block: u64) -> Result<CudaStorage> {
     random::normal(&CudaDevice::get(ordinal)?, dtype, n, seed, block)
 }

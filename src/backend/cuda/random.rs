@@ -14,6 +14,25 @@ pub(crate) fn uniform(dev: &Arc<CudaDevice>, dtype: DType, n: usize, seed: u64, 
     Ok(out)
 }
 
+/// Dropout's scaled keep mask in one kernel (see Storage::dropout_mask).
+pub(crate) fn dropout_mask(
+    dev: &Arc<CudaDevice>,
+    dtype: DType,
+    n: usize,
+    seed: u64,
+    block: u64,
+    p: f64,
+    scale: f64,
+) -> Result<CudaStorage> {
+    if !dtype.is_float() {
+        return Err(need_float("dropout", dtype));
+    }
+    let out = CudaStorage::alloc(dev, dtype, n)?;
+    launch!(dev, kname("dropout_mask", dtype), grid_for(n.div_ceil(4), 256), (256, 1, 1);
+        out.ptr(), n as i64, seed, block, p, scale)?;
+    Ok(out)
+}
+
 pub(crate) fn normal(dev: &Arc<CudaDevice>, dtype: DType, n: usize, seed: u64, block: u64) -> Result<CudaStorage> {
     if !dtype.is_float() {
         return Err(need_float("normal", dtype));
