@@ -400,9 +400,20 @@ __device__ void copy_into_packs_kernel(uint4* d, Strided sd, const uint4* s, Str
     GRID_LOOP(i, n) d[strided_offset_n(sd, i, n)] = s[strided_offset_n(ss, i, n)];
 }
 
-// y[i] = v for i < n.
+// y[i] = v for i < n: 16-byte stores from an aligned start (one 2-byte store per thread made the bf16
+// zero fills of a GPT step run at about a third of copy bandwidth on an H200), then the tail.
 template <typename T> __device__ void fill_kernel(T* y, int64_t n, double v) {
-    T x = from_acc<T, double>(v);
+    const T x = from_acc<T, double>(v);
+    if (aligned16(y)) {
+        typedef Pack<T> P;
+        P pk;
+#pragma unroll
+        for (int k = 0; k < P::N; ++k) pk.v[k] = x;
+        const int64_t np = n / P::N;
+        GRID_LOOP(i, np) reinterpret_cast<P*>(y)[i] = pk;
+        GRID_LOOP(i, n - np * P::N) y[np * P::N + i] = x;
+        return;
+    }
     GRID_LOOP(i, n) y[i] = x;
 }
 

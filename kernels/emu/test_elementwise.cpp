@@ -19,7 +19,7 @@ template <typename T> struct K;
 #define KE(S, T) \
     template <> struct K<T> { \
         static constexpr auto bin = binary_##S, rows = binary_rows_##S, copy = copy_into_##S, tr = transpose_copy_##S; \
-        static constexpr auto cmp = compare_##S, wh = where_##S; };
+        static constexpr auto cmp = compare_##S, wh = where_##S, fill = fill_##S; };
 KE(f32, float) KE(f64, double) KE(bf16, bf16) KE(f16, f16)
 
 double ref_op(int op, double x, double y) {
@@ -224,7 +224,22 @@ template <typename T> void where_test(const char* what, Layout lm, Layout la, La
     compare(name, y.ptr(), ref, 0);
 }
 
+// fill over n elements from an aligned start (packed stores and a tail) or an unaligned one, launched as
+// elementwise.rs::full does; the element past the end stays untouched.
+template <typename T> void fill_test(size_t n, size_t shift) {
+    Buf<T> y(n + 1, shift);
+    y.fill(-1);
+    emu::launch(dim3(grid_for((n + 16 / sizeof(T) - 1) / (16 / sizeof(T)), THREADS)), dim3(THREADS), K<T>::fill, y.ptr(),
+                (int64_t)n, 2.5);
+    std::vector<double> ref(n + 1, 2.5);
+    ref[n] = -1;
+    char name[96];
+    snprintf(name, sizeof name, "fill_%s n=%zu shift=%zu", tname<T>(), n, shift);
+    compare(name, y.ptr(), ref, 0);
+}
+
 template <typename T> void compares_and_wheres() {
+    for (size_t n : {1, 7, 1001, 4096}) fill_test<T>(n, 0), fill_test<T>(n, 1);
     // [4, 3, 20, 20] attention scores: a causal [20, 20] mask repeated over batch and heads (row repeat),
     // a scalar fill value (all strides 0), dense scores.
     Layout scores = contiguous({4, 3, 20, 20}), mask{{4, 3, 20, 20}, {0, 0, 20, 1}, 0},

@@ -196,6 +196,8 @@ pub(crate) fn copy_into(d: &mut CudaStorage, dl: &Layout, s: &CudaStorage, sl: &
 /// `n` copies of `value` as `dtype`.
 pub(crate) fn full(dev: &std::sync::Arc<super::CudaDevice>, dtype: DType, n: usize, value: f64) -> Result<CudaStorage> {
     let out = CudaStorage::alloc(dev, dtype, n)?;
-    launch!(dev, kname("fill", dtype), grid_for(n, THREADS), (THREADS, 1, 1); out.ptr(), n as i64, value)?;
+    // One thread per 16-byte pack (the kernel's grid-stride loops cover any rest).
+    let packs = n.div_ceil(16 / dtype.size_in_bytes());
+    launch!(dev, kname("fill", dtype), grid_for(packs, THREADS), (THREADS, 1, 1); out.ptr(), n as i64, value)?;
     Ok(out)
 }
