@@ -944,3 +944,18 @@ fn profiler_times_each_kernel_and_matmul_by_name() {
     let table = profile.table(1, 1);
     assert!(table.contains("(1 other kernels)") && table.contains("total GPU time"), "{table}");
 }
+
+#[test]
+fn profile_table_gives_per_step_figures_and_sums_the_rest() {
+    let k = |name, calls, total_ms| cuda::KernelTime { name, calls, total_ms };
+    let p = cuda::Profile { kernels: vec![k("big", 20, 30.0), k("mid", 10, 8.0), k("small", 4, 2.0)] };
+    assert_eq!((p.total_ms(), p.calls()), (40.0, 34));
+    // Per step over 10 steps: big is 3 ms and 2 calls a step, 1500 µs per call, 75% of the time.
+    let t = p.table(1, 10);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 4, "{t}");
+    let cells = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(cells(lines[1]), ["3.000", "75.0", "2.0", "1500.0", "big"], "{t}");
+    assert_eq!(cells(lines[2]), ["1.000", "25.0", "1.4", "(2", "other", "kernels)"], "{t}");
+    assert_eq!(cells(lines[3]), ["4.000", "100.0", "3.4", "total", "GPU", "time"], "{t}");
+}
