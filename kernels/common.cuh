@@ -238,6 +238,26 @@ __device__ __forceinline__ void max_sum_update(const A* v, int cnt, A& m, A& s) 
     }
 }
 
+// Calls use(p, pack) for this thread's packs p = threadIdx.x, +blockDim.x, ... below np, in that order,
+// U at a time: a group's U loads are all issued before `use` runs on any of them, so U loads are in flight
+// per thread even when `use` holds a data-dependent branch or a store the compiler will not move loads past.
+template <int U, typename P, typename F> __device__ __forceinline__ void for_packs_batched(const P* px, int64_t np, F use) {
+    for (int64_t p0 = threadIdx.x; p0 < np; p0 += U * (int64_t)blockDim.x) {
+        P pk[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int64_t p = p0 + u * (int64_t)blockDim.x;
+            if (p < np) pk[u] = px[p];
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int64_t p = p0 + u * (int64_t)blockDim.x;
+            if (p >= np) break;
+            use(p, pk[u]);
+        }
+    }
+}
+
 // A row of any alignment split into a scalar head up to the first 16-byte boundary, a body of whole
 // packs (128-bit loads), and a scalar tail.
 template <typename T> struct RowSplit {
@@ -262,27 +282,15 @@ __device__ __forceinline__ void thread_max_sum(const T* x, int64_t n, A& m, A& s
         A v = to_acc<A>(x[j]);
         max_sum_update<A, FAST>(&v, 1, m, s);
     }
-    const P* px = reinterpret_cast<const P*>(x + rs.head);
-    // MAX_SUM_LOADS packs are loaded before any is folded in: the fold's data-dependent rescale kept the
-    // compiler from hoisting the next load above it, which left one load in flight per thread (the bf16
-    // cross-entropy forward ran at 46% of copy bandwidth on an H200). Same fold order as one at a time.
-    constexpr int MAX_SUM_LOADS = 4;
-    for (int64_t p0 = threadIdx.x; p0 < rs.packs; p0 += MAX_SUM_LOADS * (int64_t)blockDim.x) {
-        P pk[MAX_SUM_LOADS];
+    // Batched: the fold's data-dependent rescale kept the compiler from hoisting the next load above it,
+    // which left one load in flight per thread (the bf16 cross-entropy forward ran at 46% of copy
+    // bandwidth on an H200). Same fold order as one pack at a time.
+    for_packs_batched<4>(reinterpret_cast<const P*>(x + rs.head), rs.packs, [&](int64_t, const P& pk) {
+        A v[P::N];
 #pragma unroll
-        for (int u = 0; u < MAX_SUM_LOADS; ++u) {
-            int64_t p = p0 + u * (int64_t)blockDim.x;
-            if (p < rs.packs) pk[u] = px[p];
-        }
-#pragma unroll
-        for (int u = 0; u < MAX_SUM_LOADS; ++u) {
-            if (p0 + u * (int64_t)blockDim.x >= rs.packs) break;
-            A v[P::N];
-#pragma unroll
-            for (int e = 0; e < P::N; ++e) v[e] = to_acc<A>(pk[u].v[e]);
-            max_sum_update<A, FAST>(v, P::N, m, s);
-        }
-    }
+        for (int e = 0; e < P::N; ++e) v[e] = to_acc<A>(pk.v[e]);
+        max_sum_update<A, FAST>(v, P::N, m, s);
+    });
     for (int64_t j = rs.tail_start + threadIdx.x; j < n; j += blockDim.x) {
         A v = to_acc<A>(x[j]);
         max_sum_update<A, FAST>(&v, 1, m, s);

@@ -55,27 +55,14 @@ __device__ void ce_bwd(const T* x, const int64_t* t, const typename Acc<T>::type
     auto grad = [&](A v, int64_t j) { A p = fast_exp(v - m) * scale; return from_acc<T>(j == tv ? p - gr : p); };
     for (int64_t j = threadIdx.x; j < rs.head; j += blockDim.x) dx[j] = grad(to_acc<A>(x[j]), j);
     typedef Pack<T> P;
-    const P* px = reinterpret_cast<const P*>(x + rs.head);
     P* pd = reinterpret_cast<P*>(dx + rs.head);
-    // UNROLL_CE loads issued before any store (the compiler may not move loads past stores to dx).
-    const int UNROLL_CE = 4;
-    for (int64_t q0 = threadIdx.x; q0 < rs.packs; q0 += UNROLL_CE * (int64_t)blockDim.x) {
-        P in[UNROLL_CE];
+    // Loads batched ahead of the stores (the compiler may not move loads past stores to dx).
+    for_packs_batched<4>(reinterpret_cast<const P*>(x + rs.head), rs.packs, [&](int64_t q, const P& in) {
+        P out;
 #pragma unroll
-        for (int u = 0; u < UNROLL_CE; ++u) {
-            int64_t q = q0 + u * (int64_t)blockDim.x;
-            if (q < rs.packs) in[u] = px[q];
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL_CE; ++u) {
-            int64_t q = q0 + u * (int64_t)blockDim.x;
-            if (q >= rs.packs) break;
-            P out;
-#pragma unroll
-            for (int e = 0; e < P::N; ++e) out.v[e] = grad(to_acc<A>(in[u].v[e]), rs.head + q * P::N + e);
-            pd[q] = out;
-        }
-    }
+        for (int e = 0; e < P::N; ++e) out.v[e] = grad(to_acc<A>(in.v[e]), rs.head + q * P::N + e);
+        pd[q] = out;
+    });
     for (int64_t j = rs.tail_start + threadIdx.x; j < c; j += blockDim.x) dx[j] = grad(to_acc<A>(x[j]), j);
 }
 
