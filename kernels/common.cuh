@@ -17,7 +17,12 @@ template <> struct Acc<int64_t> { typedef double type; };
 template <> struct Acc<uint8_t> { typedef double type; };
 
 template <typename A, typename T> __device__ __forceinline__ A to_acc(T x) { return (A)x; }
-template <> __device__ __forceinline__ float to_acc<float, bf16>(bf16 x) { return __bfloat162float(x); }
+// bf16 is the top half of an f32: a shift. __bfloat162float's asm wants the half in a register of its
+// own, so the compiler copied the high halves of every loaded pack out first (more registers, fewer
+// blocks per SM in the row kernels).
+template <> __device__ __forceinline__ float to_acc<float, bf16>(bf16 x) {
+    return __uint_as_float((unsigned)__bfloat16_as_ushort(x) << 16);
+}
 template <> __device__ __forceinline__ float to_acc<float, f16>(f16 x) { return __half2float(x); }
 template <> __device__ __forceinline__ double to_acc<double, bf16>(bf16 x) { return (double)__bfloat162float(x); }
 template <> __device__ __forceinline__ double to_acc<double, f16>(f16 x) { return (double)__half2float(x); }
@@ -144,6 +149,49 @@ __device__ __forceinline__ void block_sum2(double& a, double& b, double2* shared
     __syncthreads();
 }
 
+// The launch's dynamic shared memory as an array of T (16-byte aligned).
+#ifdef MUNJA_EMU
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_shared())
+#else
+#define DYNAMIC_SHARED(T, name) \
+    extern __shared__ __align__(16) unsigned char munja_dynamic_shared[]; \
+    T* name = reinterpret_cast<T*>(munja_dynamic_shared)
+#endif
+
+// Asynchronous 16-byte copies from global to shared memory (cp.async, sm_80+), bypassing L1: data in
+// flight this way holds no registers, so a block can keep whole rows in flight ahead of the one it
+// computes on. Copies issued between two async_commit() calls form a group; async_wait<N>() returns once
+// all but this thread's newest N groups have landed (in this thread's view: other threads' copies need a
+// barrier as well).
+__device__ __forceinline__ void async_copy16(void* smem, const void* gmem) {
+#if defined(MUNJA_EMU)
+    emu::async_copy(smem, gmem, 16);
+#elif defined(__CUDA_ARCH__)
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+#endif
+}
+__device__ __forceinline__ void async_commit() {
+#if defined(MUNJA_EMU)
+    emu::async_commit();
+#elif defined(__CUDA_ARCH__)
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void async_wait() {
+#if defined(MUNJA_EMU)
+    emu::async_wait(N);
+#elif defined(__CUDA_ARCH__)
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+// async_wait for a pipeline depth known only at run time (0, 1 or 2 newer groups may stay in flight).
+__device__ __forceinline__ void async_wait_newest(int n) {
+    if (n <= 0) async_wait<0>();
+    else if (n == 1) async_wait<1>();
+    else async_wait<2>();
+}
+
 // 16 bytes of T: the unit of the 128-bit loads and stores of the contiguous fast paths.
 template <typename T> struct alignas(16) Pack {
     static const int N = 16 / sizeof(T);
@@ -210,26 +258,43 @@ __device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS
     }
 }
 
-// exp for the loss kernels' sums: the hardware ex2 (MUFU) for f32, whose ~2 ulp + 1.2·|x| ulp error only
-// grows where exp(x) is negligible next to the row's largest term (x = v − max ≤ 0); accurate exp for f64.
+// 2^x from the special-function unit (MUFU.EX2), results below 2^-126 flushed to 0. __expf is the same
+// instruction wrapped in four more that scale subnormal results back; in a sum of exponentials that holds
+// a term of 1 (the row's max) those results are noise, and the wrapping doubled the bf16 cross-entropy
+// forward's instructions per value.
+__device__ __forceinline__ float ex2_ftz(float x) {
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
+// exp for the loss kernels' sums: the hardware ex2 for f32, whose ~2 ulp + 1.2·|x| ulp error only grows
+// where exp(x) is negligible next to the row's largest term (x = v − max ≤ 0); accurate exp for f64.
 template <typename A> __device__ __forceinline__ A fast_exp(A x) { return exp(x); }
-template <> __device__ __forceinline__ float fast_exp<float>(float x) { return __expf(x); }
+template <> __device__ __forceinline__ float fast_exp<float>(float x) { return ex2_ftz(x * 1.44269504088896341f); }
 
 // Folds `cnt` values into a running (max m, sum s of exp(v - m)): one rescale per call. -inf values
-// contribute nothing; a NaN makes s NaN. FAST: fast_exp, and no per-value tests: with the shift taken
-// as 0 while m is still -inf, exp(-inf) = 0 and NaN propagates through the sum by itself.
+// contribute nothing; a NaN makes s NaN. FAST (the loss kernels): fast_exp, no per-value tests, and the
+// max through fmax (one instruction; it skips NaN, which reaches s through its exp instead); with the
+// shift taken as 0 while m is still -inf, exp(-inf) = 0, and the sum runs as two chains.
 template <typename A, bool FAST = false>
 __device__ __forceinline__ void max_sum_update(const A* v, int cnt, A& m, A& s) {
     A mx = m;
-    for (int u = 0; u < cnt; ++u) mx = v[u] > mx ? v[u] : mx;
+    for (int u = 0; u < cnt; ++u) mx = FAST ? fmax(mx, v[u]) : v[u] > mx ? v[u] : mx;
     if (mx > m) {
         // While m is -inf, s is 0 or NaN (a NaN seen before any finite value) and stays so.
         if (m != -INFINITY) s = s * (FAST ? fast_exp(m - mx) : exp(m - mx));
         m = mx;
     }
     if (FAST) {
-        A shift = m == -INFINITY ? (A)0 : m;
-        for (int u = 0; u < cnt; ++u) s += fast_exp(v[u] - shift);
+        A shift = m == -INFINITY ? (A)0 : m, s0 = 0, s1 = 0;
+        for (int u = 0; u + 1 < cnt; u += 2) s0 += fast_exp(v[u] - shift), s1 += fast_exp(v[u + 1] - shift);
+        if (cnt & 1) s0 += fast_exp(v[cnt - 1] - shift);
+        s += s0 + s1;
         return;
     }
     for (int u = 0; u < cnt; ++u) {
@@ -242,20 +307,20 @@ __device__ __forceinline__ void max_sum_update(const A* v, int cnt, A& m, A& s) 
 // U at a time: a group's U loads are all issued before `use` runs on any of them, so U loads are in flight
 // per thread even when `use` holds a data-dependent branch or a store the compiler will not move loads past.
 template <int U, typename P, typename F> __device__ __forceinline__ void for_packs_batched(const P* px, int64_t np, F use) {
-    for (int64_t p0 = threadIdx.x; p0 < np; p0 += U * (int64_t)blockDim.x) {
+    const int64_t step = blockDim.x;
+    int64_t p0 = threadIdx.x;
+    // Whole groups without per-load predicates: a predicated load must keep the register's old value, and
+    // for 16-bit packs the compiler then copied each pack's high halves out (the bf16 cross-entropy
+    // forward needed 57 registers, 4 blocks per SM, instead of 40).
+    for (; p0 + (U - 1) * step < np; p0 += U * step) {
         P pk[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            int64_t p = p0 + u * (int64_t)blockDim.x;
-            if (p < np) pk[u] = px[p];
-        }
+        for (int u = 0; u < U; ++u) pk[u] = px[p0 + u * step];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            int64_t p = p0 + u * (int64_t)blockDim.x;
-            if (p >= np) break;
-            use(p, pk[u]);
-        }
+        for (int u = 0; u < U; ++u) use(p0 + u * step, pk[u]);
     }
+    // The last, partial group, a pack at a time.
+    for (; p0 < np; p0 += step) use(p0, px[p0]);
 }
 
 // A row of any alignment split into a scalar head up to the first 16-byte boundary, a body of whole

@@ -66,9 +66,16 @@ __device__ void ce_bwd(const T* x, const int64_t* t, const typename Acc<T>::type
     for (int64_t j = rs.tail_start + threadIdx.x; j < c; j += blockDim.x) dx[j] = grad(to_acc<A>(x[j]), j);
 }
 
+// Blocks of CE_FORWARD_THREADS (src/backend/cuda/norm.rs) the forward keeps resident per SM: rows end in
+// a block reduction with no loads in flight, so more rows per SM keep the memory busy. f32 fits the 32
+// registers of 8 blocks; bf16 and f16 spill there and get the 40 of 6 blocks (unbounded they took 57:
+// 4 blocks); f64 is left unbounded.
+#define CE_FORWARD_THREADS 256
+template <typename T> constexpr int ce_forward_blocks() { return sizeof(T) == 4 ? 8 : sizeof(T) == 2 ? 6 : 1; }
+
 #define CE(S, T) \
-    extern "C" __global__ void ROW_BOUNDS cross_entropy_forward_##S(const T* x, const int64_t* t, T* loss, Acc<T>::type* stats, \
-                                                         int64_t c, int64_t ignore) { \
+    extern "C" __global__ void __launch_bounds__(CE_FORWARD_THREADS, ce_forward_blocks<T>()) \
+    cross_entropy_forward_##S(const T* x, const int64_t* t, T* loss, Acc<T>::type* stats, int64_t c, int64_t ignore) { \
         ce_fwd<T>(x, t, loss, stats, c, ignore); } \
     extern "C" __global__ void ROW_BOUNDS cross_entropy_backward_##S(const T* x, const int64_t* t, const Acc<T>::type* stats, \
                                                           const T* g, T* dx, int64_t c, int64_t ignore) { \

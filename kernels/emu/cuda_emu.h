@@ -17,6 +17,8 @@
 // A thread that returns early leaves its block and warp barriers (like std::barrier::arrive_and_drop),
 // as exited threads do on sm_70+.
 #pragma once
+// Tells kernels/common.cuh to route dynamic shared memory and cp.async through the emulator.
+#define MUNJA_EMU 1
 // The fp16/bf16 headers compile for the host (they fall back to their software conversions); include them
 // first so their include guards stop common.cuh from re-including them after the macros below change.
 #include <cuda_bf16.h>
@@ -72,6 +74,11 @@ struct Fiber {
     int warp, lane;
     enum { RUN, WAIT, DONE } st;
     unsigned gen;  // warp-exchange count: selects the slot buffer and tags what this lane wrote
+    // cp.async: copies issued since the last commit, and the committed groups not yet waited for. The
+    // copies happen at the wait that retires their group, so a read of shared memory before that wait
+    // sees the old contents, as it may on the device.
+    std::vector<std::tuple<void*, const void*, size_t>> pending;
+    std::vector<std::vector<std::tuple<void*, const void*, size_t>>> groups;
 };
 struct Warp {
     Barrier bar;
@@ -140,6 +147,8 @@ inline void run_block(int nt) {
         f.lane = i % 32;
         f.st = Fiber::RUN;
         f.gen = 0;
+        f.pending.clear();
+        f.groups.clear();
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = B.stacks[i].get();
         f.ctx.uc_stack.ss_size = STACK;
@@ -190,6 +199,30 @@ inline void run_block(int nt) {
     }
 }
 
+// The launch's dynamic shared memory (`extern __shared__` on the device; DYNAMIC_SHARED in common.cuh). Each
+// block starts with it filled with 0xff bytes (NaN for floats), so a read before any write shows.
+inline std::vector<unsigned char> dynamic_shared_mem;
+inline size_t dynamic_shared_bytes = 0;
+inline void* dynamic_shared() { return dynamic_shared_mem.data(); }
+
+// cp.async of `n` bytes into shared memory, commit_group and wait_group (see Fiber::pending).
+inline void async_copy(void* dst, const void* src, size_t n) {
+    if (((uintptr_t)dst | (uintptr_t)src) % n != 0) fail("cp.async address not aligned to its size");
+    B.f[B.cur].pending.emplace_back(dst, src, n);
+}
+inline void async_commit() {
+    Fiber& f = B.f[B.cur];
+    f.groups.push_back(std::move(f.pending));
+    f.pending.clear();
+}
+inline void async_wait(size_t newest_pending) {
+    Fiber& f = B.f[B.cur];
+    size_t retire = f.groups.size() > newest_pending ? f.groups.size() - newest_pending : 0;
+    for (size_t g = 0; g < retire; ++g)
+        for (auto& [dst, src, n] : f.groups[g]) memcpy(dst, src, n);
+    f.groups.erase(f.groups.begin(), f.groups.begin() + retire);
+}
+
 // Runs kernel<<<grid, block>>>(args...) to completion. Arguments are converted to the kernel's parameter
 // types first (as the driver copies them), so e.g. a 0 passes as a null pointer.
 template <typename... P, typename... Args> void launch(dim3 grid, dim3 block, void (*kernel)(P...), Args&&... args) {
@@ -208,9 +241,18 @@ template <typename... P, typename... Args> void launch(dim3 grid, dim3 block, vo
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = make_uint3(x, y, z);
+                dynamic_shared_mem.assign(dynamic_shared_bytes, 0xff);
                 run_block(nt);
             }
     B.body = nullptr;
+}
+
+// kernel<<<grid, block, shared_bytes>>>(args...): launch with `shared_bytes` of dynamic shared memory.
+template <typename... P, typename... Args>
+void launch_shared(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(P...), Args&&... args) {
+    dynamic_shared_bytes = shared_bytes;
+    launch(grid, block, kernel, std::forward<Args>(args)...);
+    dynamic_shared_bytes = 0;
 }
 
 // One warp exchange: every live lane of the warp publishes v, then reads lane src_of(lane)'s value.

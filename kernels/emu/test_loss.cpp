@@ -12,7 +12,7 @@ template <typename T> struct K;
 KL(f32, float) KL(f64, double) KL(bf16, bf16) KL(f16, f16)
 
 // Rows: 0 plain; 1 ignored; 2 target out of range (NaN loss, zero grad row); 3 some -inf logits; 4 target
-// -3 (out of range); 5 all -inf (NaN, as log(0) - -inf - -inf); further rows plain. `special` = false
+// -3 (out of range); 5 all -inf (NaN, as log(0) - -inf - -inf); 6 one NaN logit; further rows plain. `special` = false
 // keeps every row plain.
 template <typename T> void run(int64_t c, int64_t rows, bool special) {
     const int64_t ignore = -100;
@@ -30,6 +30,7 @@ template <typename T> void run(int64_t c, int64_t rows, bool special) {
         }
         if (rows > 4) t[4] = -3;
         if (rows > 5) for (int64_t j = 0; j < c; ++j) x[5 * c + j] = from_d<T>(-INFINITY);
+        if (rows > 6) x[6 * c + c / 2] = from_d<T>(NAN);  // NaN loss, NaN gradient row
     }
     unsigned threads = row_threads(c);
     typedef typename Acc<T>::type A;

@@ -17,7 +17,7 @@ template <typename T> struct K;
 #define FUSED_bf16 norm_backward_fused_rows_bf16
 #define FUSED_f16 norm_backward_fused_rows_f16
 #define FUSED_f64 (void (*)(const double*, const double*, const double*, const double*, const double*, double*, \
-                            int64_t, int64_t, int, float*, float*))nullptr
+                            int64_t, int64_t, int, float*, float*, int))nullptr
 #define FUSED_FINISH_f32 norm_backward_fused_finish_f32
 #define FUSED_FINISH_bf16 norm_backward_fused_finish_bf16
 #define FUSED_FINISH_f16 norm_backward_fused_finish_f16
@@ -32,10 +32,22 @@ inline unsigned fused_threads(size_t n, size_t elem, std::initializer_list<const
     return fits ? (unsigned)std::clamp<size_t>(((n + 15) / 16 + 31) / 32 * 32, 32, 512) : 0;
 }
 
+// Stages of the row ring (ring_plan in norm.rs): `arrays` rows of n values per stage in `threads`-thread
+// blocks, as many stages as `limit` bytes hold, at most RING_STAGES; 0 when none fits.
+inline int ring_stages(size_t n, size_t elem, unsigned threads, size_t arrays, size_t limit, size_t* bytes) {
+    size_t packs = n / (16 / elem), stage = arrays * ((packs + threads - 1) / threads) * threads * 16;
+    size_t stages = std::min<size_t>(RING_STAGES, limit / stage);
+    *bytes = stages * stage;
+    return (int)stages;
+}
+
 // One forward + backward case. shift > 0 offsets x (and g) from 16-byte alignment, as a view would,
-// which sends the host to the plain kernels.
+// which sends the host to the plain kernels. `resident`: blocks the GPU is taken to hold (the grid of
+// the kernels whose blocks walk rows); `ring_limit`: the shared memory a block may take (an H100's 227 KiB
+// gives every ring its RING_STAGES stages; smaller limits test shallower rings).
 template <typename T>
-void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift = 0, size_t resident = 264) {
+void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift = 0, size_t resident = 264,
+         size_t ring_limit = 227 * 1024) {
     typedef typename Acc<T>::type A;
     const double eps = 1e-5;
     Buf<T> x(rows * n, shift), w(n), b(n), y(rows * n), g(rows * n, shift), gx(rows * n);
@@ -49,8 +61,13 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
 
     // Forward, as norm_forward.
     unsigned t = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr(), wp, bp});
-    const char* fk = t ? "norm_forward_rows" : "norm_forward";
-    if (t) emu::launch(dim3(rows), dim3(t), K<T>::fwd_rows, x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n, eps, (int)rms);
+    size_t ring_bytes = 0;
+    int stages = t ? ring_stages(n, sizeof(T), t, 1, ring_limit, &ring_bytes) : 0;
+    char fk[64];
+    snprintf(fk, sizeof fk, stages ? "norm_forward_rows(stages=%d)" : "norm_forward", stages);
+    if (stages)
+        emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(t), ring_bytes, K<T>::fwd_rows, x.ptr(), wp, bp,
+                           y.ptr(), mean.ptr(), rstd.ptr(), rows, n, eps, (int)rms, stages);
     else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::fwd, x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n, eps, (int)rms);
 
     std::vector<double> ry(rows * n), rmu(rows), rrs(rows), rgx(rows * n), rgw(n, 0.0), rgb(n, 0.0);
@@ -91,12 +108,16 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     unsigned ct = cached_row_threads(n, sizeof(T), {x.ptr(), g.ptr(), gx.ptr(), wp});
     unsigned ft = fused_threads(n, sizeof(T), {x.ptr(), g.ptr(), gx.ptr(), wp});
     const char* bk;
-    if (ft && rows > 0 && (has_w || has_b)) {
-        bk = "norm_backward_fused_rows+fused_finish";
+    size_t fused_bytes = 0;
+    int fused_stages = ft ? ring_stages(n, sizeof(T), ft, 2, ring_limit, &fused_bytes) : 0;
+    char fused_name[80];
+    snprintf(fused_name, sizeof fused_name, "norm_backward_fused_rows(stages=%d)+fused_finish", fused_stages);
+    if (fused_stages && rows > 0 && (has_w || has_b)) {
+        bk = fused_name;
         size_t blocks = std::max<size_t>(1, std::min<size_t>(resident, (rows + 15) / 16));
         Buf<float> pw(blocks * n), pb(blocks * n);
-        emu::launch(dim3(blocks), dim3(ft), K<T>::fused, x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows, n,
-                    (int)rms, pw.ptr(), pb.ptr());
+        emu::launch_shared(dim3(blocks), dim3(ft), fused_bytes, K<T>::fused, x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(),
+                           gx.ptr(), rows, n, (int)rms, pw.ptr(), pb.ptr(), fused_stages);
         emu::launch(dim3((n + 31) / 32), dim3(32, 8), K<T>::fused_finish, pw.ptr(), pb.ptr(), (int)blocks, n,
                     has_w ? gw.ptr() : nullptr, has_b ? gb.ptr() : nullptr);
     } else {
@@ -141,6 +162,13 @@ template <typename T> void all() {
     run<T>(128, 37, 0, true, true, 0, 3);  // 3 fused blocks over 37 rows: uneven last rows
     run<T>(8192, 2, 0, true, true);        // the widest fused row: 512 threads
     run<T>(4000, 3, 1, true, false);       // columns not a multiple of the block's 16-value stride
+    // Rings of 1, 2 and 3 stages walking more rows than they hold: the forward's grid is 4 blocks here
+    // (its stage is one row, the fused backward's two: limits of 2 and 4 rows give it 1 and 2 stages).
+    size_t stage = 1024 * sizeof(T);
+    for (size_t st = 1; st <= 3; ++st) run<T>(1024, 19, 0, true, true, 0, 4, st * stage);
+    for (size_t st = 2; st <= 6; st += 2) run<T>(1024, 70, 1, true, false, 0, 3, st * stage);
+    run<T>(96, 23, 1, true, false, 0, 2);  // one warp per row (3 packs each for 16-bit types), 2 blocks
+    run<T>(16384, 2, 0, true, true, 0, 1, 64 * 1024);  // past the cached limit: the plain kernels
 }
 
 int main() {

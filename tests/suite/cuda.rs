@@ -446,12 +446,14 @@ fn softmax_and_log_softmax_match_cpu_with_grads() {
 #[test]
 fn layer_norm_and_rms_norm_match_cpu_with_grads() {
     let Some(d) = gpu() else { return };
+    // 9000 rows of 256: more rows than the GPU holds blocks of the forward (32 per SM), so each block
+    // walks several rows through its ring of rows in flight, as in training.
     for dt in FLOATS {
-        for n in [64usize, 768, 2048, 4099] {
-            let x = randn(21, &[33, n], dt).add_scalar(0.5).unwrap().detach().set_requires_grad(true);
+        for (rows, n) in [(33usize, 64usize), (33, 768), (33, 2048), (33, 4099), (9000, 256)] {
+            let x = randn(21, &[rows, n], dt).add_scalar(0.5).unwrap().detach().set_requires_grad(true);
             let w = randn(22, &[n], dt).set_requires_grad(true);
             let b = randn(23, &[n], dt).set_requires_grad(true);
-            let g = randn(24, &[33, n], dt);
+            let g = randn(24, &[rows, n], dt);
             let (xg, wg, bg) = (
                 on(&x, d).set_requires_grad(true),
                 on(&w, d).set_requires_grad(true),

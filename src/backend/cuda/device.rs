@@ -129,22 +129,54 @@ impl CudaDevice {
         self.module.func(name, self.device())
     }
 
-    /// How many blocks of `threads` threads of kernel `name` the whole device holds at once (SMs × blocks
-    /// per SM, from the driver's occupancy calculator): the grid of a kernel whose blocks loop over the
-    /// work. Host-side only; no synchronisation.
-    pub(crate) fn resident_blocks(&self, name: &'static str, threads: u32) -> Result<usize> {
+    /// How many blocks of `threads` threads of kernel `name`, each with `shared` bytes of dynamic shared
+    /// memory (allowed first with `allow_dynamic_shared` when over 48 KiB), the whole device holds at once
+    /// (SMs × blocks per SM, from the driver's occupancy calculator): the grid of a kernel whose blocks
+    /// loop over the work. Host-side only; no synchronisation.
+    pub(crate) fn resident_blocks(&self, name: &'static str, threads: u32, shared: usize) -> Result<usize> {
         let f = self.func(name)?;
         let sm_attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
         // SAFETY: `f` is a loaded function of this device's module; the attribute query has no side effects.
         let (per_sm, sms) = unsafe {
             (
-                result::occupancy::max_active_block_per_multiprocessor(f.0, threads as i32, 0),
+                result::occupancy::max_active_block_per_multiprocessor(f.0, threads as i32, shared),
                 result::device::get_attribute(self.ctx.cu_device(), sm_attr),
             )
         };
         let per_sm = per_sm.map_err(|e| self.err(name, e))?;
         let sms = sms.map_err(|e| self.err(name, e))?;
         Ok((per_sm.max(1) as usize) * (sms.max(1) as usize))
+    }
+
+    /// The most dynamic shared memory one block of kernel `name` may take on this device: the opt-in
+    /// limit per block (227 KiB on an H100, 163 KiB on an A100) less the kernel's static shared memory.
+    pub(crate) fn max_dynamic_shared(&self, name: &'static str) -> Result<usize> {
+        let f = self.func(name)?;
+        let optin = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+        let fixed = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES;
+        // SAFETY: attribute queries of this device and of a loaded function; no side effects.
+        let (limit, fixed) = unsafe {
+            (
+                result::device::get_attribute(self.ctx.cu_device(), optin),
+                result::function::get_function_attribute(f.0, fixed),
+            )
+        };
+        let limit = limit.map_err(|e| self.err(name, e))?;
+        let fixed = fixed.map_err(|e| self.err(name, e))?;
+        Ok((limit.max(0) as usize).saturating_sub(fixed.max(0) as usize))
+    }
+
+    /// Lets kernel `name` launch with `shared` bytes of dynamic shared memory: past the default 48 KiB a
+    /// kernel must opt in. Host-side only.
+    pub(crate) fn allow_dynamic_shared(&self, name: &'static str, shared: usize) -> Result<()> {
+        if shared <= 48 * 1024 {
+            return Ok(());
+        }
+        let f = self.func(name)?;
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: sets a launch limit of a loaded function of this device; callers keep `shared` within
+        // `max_dynamic_shared`.
+        unsafe { result::function::set_function_attribute(f.0, attr, shared as i32) }.map_err(|e| self.err(name, e))
     }
 
     /// Enqueues kernel `name` on the stream. `args` point at values laid out as the kernel's parameters.
@@ -155,6 +187,18 @@ impl CudaDevice {
         block: (u32, u32, u32),
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        self.launch_shared(name, grid, block, 0, args)
+    }
+
+    /// `launch` with `shared` bytes of dynamic shared memory per block.
+    pub(crate) fn launch_shared(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
         let f = self.func(name)?;
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
@@ -162,7 +206,8 @@ impl CudaDevice {
         KERNEL_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         super::profile::timed(self, name, || {
             // SAFETY: the caller passes arguments matching the kernel's signature (see the launch! macro uses).
-            unsafe { result::launch_kernel(f.0, grid, block, 0, self.cu_stream(), args) }.map_err(|e| self.err(name, e))
+            unsafe { result::launch_kernel(f.0, grid, block, shared, self.cu_stream(), args) }
+                .map_err(|e| self.err(name, e))
         })
     }
 }
@@ -175,6 +220,14 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// `launch!` with bytes of dynamic shared memory per block after the block shape.
+macro_rules! launch_shared {
+    ($dev:expr, $name:expr, $grid:expr, $block:expr, $shared:expr; $($arg:expr),* $(,)?) => {{
+        $dev.launch_shared($name, $grid, $block, $shared, &mut [$((&$arg) as *const _ as *mut ::std::ffi::c_void),*])
+    }};
+}
+pub(crate) use launch_shared;
 
 /// A 1-D grid of `threads`-wide blocks covering `n` elements, capped for grid-stride loops.
 pub(crate) fn grid_for(n: usize, threads: u32) -> (u32, u32, u32) {

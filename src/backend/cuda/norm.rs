@@ -1,6 +1,6 @@
 //! Launchers for kernels/norm.cu (layer/RMS norm) and kernels/loss.cu (cross-entropy from logits).
 
-use super::device::launch;
+use super::device::{launch, launch_shared, CudaDevice};
 use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
@@ -22,6 +22,31 @@ fn fused_threads(n: usize, dtype: DType, ptrs: &[u64]) -> Option<u32> {
         && n <= FUSED_VALS * FUSED_THREADS
         && ptrs.iter().all(|p| p.is_multiple_of(16));
     fits.then(|| (n.div_ceil(FUSED_VALS).div_ceil(32) * 32).clamp(32, FUSED_THREADS) as u32)
+}
+
+/// Most rows a block of the ring kernels keeps in shared memory (RING_STAGES in kernels/norm.cu).
+const RING_STAGES: usize = 3;
+
+/// Stages and bytes of dynamic shared memory for the row ring (RowRing in kernels/norm.cu) of kernel
+/// `name`: `arrays` rows of n values per stage, each of `threads` threads holding ceil(packs / threads)
+/// 16-byte packs; as many stages as the device lets one block have, up to RING_STAGES. None when not even
+/// one stage fits (f64 rows of 8192 values on an A100 do not).
+fn ring_plan(
+    dev: &CudaDevice,
+    name: &'static str,
+    n: usize,
+    dtype: DType,
+    threads: u32,
+    arrays: usize,
+) -> Result<Option<(i32, usize)>> {
+    let packs = n / (16 / dtype.size_in_bytes());
+    let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
+    let stages = (dev.max_dynamic_shared(name)? / stage.max(1)).min(RING_STAGES);
+    if stages == 0 {
+        return Ok(None);
+    }
+    dev.allow_dynamic_shared(name, stages * stage)?;
+    Ok(Some((stages as i32, stages * stage)))
 }
 
 /// Grid of the weight/bias finish kernels (block (32, 8)): one block per 32 columns.
@@ -68,14 +93,21 @@ pub(crate) fn norm_forward(
     let y = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     let mean = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
     let rstd = CudaStorage::alloc(dev, stats_dtype(x.dtype()), rows)?;
-    if rows > 0 {
-        let (name, t) = match cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
-            Some(t) => ("norm_forward_rows", t),
-            None => ("norm_forward", row_threads(n)),
-        };
-        launch!(dev, kname(name, x.dtype()), (rows as u32, 1, 1), (t, 1, 1);
-            x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n as i64, eps, rms as i32)?;
+    if rows == 0 {
+        return Ok((y, mean, rstd));
     }
+    if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
+        // Resident blocks walking the rows, each with a ring of rows in flight.
+        let name = kname("norm_forward_rows", x.dtype());
+        if let Some((stages, shared)) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
+            let blocks = dev.resident_blocks(name, t, shared)?.min(rows);
+            return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
+                x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, stages)
+            .map(|_| (y, mean, rstd));
+        }
+    }
+    launch!(dev, kname("norm_forward", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
+        x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n as i64, eps, rms as i32)?;
     Ok((y, mean, rstd))
 }
 
@@ -107,15 +139,20 @@ pub(crate) fn norm_backward(
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     let fused = fused_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]);
-    if let (Some(t), true) = (fused, rows > 0 && (w.is_some() || has_bias)) {
+    let name = kname("norm_backward_fused_rows", x.dtype());
+    let ring = match fused {
+        Some(t) if rows > 0 && (w.is_some() || has_bias) => ring_plan(dev, name, n, x.dtype(), t, 2)?.map(|r| (t, r)),
+        _ => None,
+    };
+    if let Some((t, (stages, shared))) = ring {
         // Fused: input gradient and per-block weight/bias partials in one pass over x and g, with as many
-        // blocks as the GPU holds at once.
-        let name = kname("norm_backward_fused_rows", x.dtype());
-        let blocks = dev.resident_blocks(name, t)?.min(rows.div_ceil(FUSED_MIN_ROWS_PER_BLOCK)).max(1);
+        // blocks as the GPU holds at once, each with a ring of rows in flight.
+        let blocks = dev.resident_blocks(name, t, shared)?.min(rows.div_ceil(FUSED_MIN_ROWS_PER_BLOCK)).max(1);
         let (pw, pb) =
             (CudaStorage::alloc(dev, DType::F32, blocks * n)?, CudaStorage::alloc(dev, DType::F32, blocks * n)?);
-        launch!(dev, name, (blocks as u32, 1, 1), (t, 1, 1);
-            x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows as i64, n as i64, rms as i32, pw.ptr(), pb.ptr())?;
+        launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
+            x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows as i64, n as i64, rms as i32, pw.ptr(), pb.ptr(),
+            stages)?;
         let gw = w.map(|_| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let gb = has_bias.then(|| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let (gwp, gbp) = (gw.as_ref().map_or(0, |s| s.ptr()), gb.as_ref().map_or(0, |s| s.ptr()));
