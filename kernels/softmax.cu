@@ -2,20 +2,34 @@
 // online softmax: each thread keeps a running (max, sum of exp(x - max)) over its elements in one read,
 // the block merges the pairs (row_max_sum in common.cuh), then a second sweep writes the outputs (the row
 // is hot in L2).
+// Causal mask (t > 0): the rows are the t query rows of [.., t, n] score matrices, and row r sees only
+// its first visible(r) = min(n, r % t + off + 1) columns; the rest are not read and come out 0 (−inf for
+// log-softmax), as if they had been set to −inf. Attention's mask, without the mask tensor or its pass.
 #include "common.cuh"
 
-template <typename T> __device__ void softmax_fwd(const T* x, T* y, int64_t n, int log_) {
+__device__ __forceinline__ int64_t visible_cols(int64_t n, int64_t t, int64_t off) {
+    if (t <= 0) return n;
+    int64_t v = (int64_t)blockIdx.x % t + off + 1;
+    return v < n ? v : n;
+}
+
+template <typename T> __device__ void softmax_fwd(const T* x, T* y, int64_t n, int log_, int64_t t, int64_t off) {
     typedef typename Acc<T>::type A;
     x += blockIdx.x * n;
     y += blockIdx.x * n;
+    const int64_t lim = visible_cols(n, t, off);
     A m, s;
-    row_max_sum<T, A>(x, n, m, s);
+    row_max_sum<T, A>(x, lim, m, s);
+    // A row with nothing visible but −inf is NaN throughout, masked columns included, as when the mask
+    // is applied with −inf first (and as the register-cached kernel gives).
+    const T hidden = from_acc<T>(m == -INFINITY ? (A)NAN : log_ ? (A)-INFINITY : (A)0);
     if (log_) {
         A lse = m + log(s);
-        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = from_acc<T>(to_acc<A>(x[j]) - lse);
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = j < lim ? from_acc<T>(to_acc<A>(x[j]) - lse) : hidden;
     } else {
         A inv = (A)1 / s;
-        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) y[j] = from_acc<T>(exp(to_acc<A>(x[j]) - m) * inv);
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+            y[j] = j < lim ? from_acc<T>(exp(to_acc<A>(x[j]) - m) * inv) : hidden;
     }
 }
 
@@ -40,13 +54,24 @@ template <typename T> __device__ void softmax_bwd(const T* y, const T* g, T* dx,
 
 // Register-cached variant for rows that fit (see load_row): one read of the row, max and sum-exp by
 // block reductions over the registers, one write. One block per row.
-template <typename T> __device__ void softmax_fwd_rows(const T* x, T* y, int64_t n, int log_) {
+template <typename T> __device__ void softmax_fwd_rows(const T* x, T* y, int64_t n, int log_, int64_t t, int64_t off) {
     typedef typename Acc<T>::type A;
+    typedef Pack<T> P;
     __shared__ A sh[32];
     x += blockIdx.x * n;
     y += blockIdx.x * n;
     A r[ROW_VALS];
-    load_row<T, A>(x, n, r, (A)-INFINITY);
+    // Masked columns: whole packs past the visible ones are not read; the rest of the last read pack is
+    // masked by index.
+    const int64_t lim = visible_cols(n, t, off);
+    load_row<T, A>(x, (lim + P::N - 1) / P::N * P::N, r, (A)-INFINITY);
+    if (lim < n) {
+#pragma unroll
+        for (int k = 0; k < RowPacks<T>::P; ++k)
+#pragma unroll
+            for (int e = 0; e < P::N; ++e)
+                if (row_index<T>(k, e) >= lim) r[k * P::N + e] = -INFINITY;
+    }
     A m = -INFINITY;
 #pragma unroll
     for (int i = 0; i < ROW_VALS; ++i) m = r[i] > m ? r[i] : m;
@@ -76,8 +101,10 @@ template <typename T> __device__ void softmax_fwd_rows(const T* x, T* y, int64_t
 }
 
 #define SOFTMAX(S, T) \
-    extern "C" __global__ void softmax_rows_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd_rows<T>(x, y, n, log_); } \
-    extern "C" __global__ void ROW_BOUNDS softmax_##S(const T* x, T* y, int64_t n, int log_) { softmax_fwd<T>(x, y, n, log_); } \
+    extern "C" __global__ void softmax_rows_##S(const T* x, T* y, int64_t n, int log_, int64_t t, int64_t off) { \
+        softmax_fwd_rows<T>(x, y, n, log_, t, off); } \
+    extern "C" __global__ void ROW_BOUNDS softmax_##S(const T* x, T* y, int64_t n, int log_, int64_t t, int64_t off) { \
+        softmax_fwd<T>(x, y, n, log_, t, off); } \
     extern "C" __global__ void ROW_BOUNDS softmax_backward_##S(const T* y, const T* g, T* dx, int64_t n, int log_) { \
         softmax_bwd<T>(y, g, dx, n, log_); }
 FOR_FLOATS(SOFTMAX)

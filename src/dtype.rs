@@ -116,6 +116,7 @@ pub trait Real:
     const ZERO: Self;
     const ONE: Self;
     const NEG_INFINITY: Self;
+    const NAN: Self;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
     fn exp(self) -> Self;
@@ -161,6 +162,7 @@ macro_rules! real {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const NAN: Self = <$t>::NAN;
             #[inline]
             fn from_f32(v: f32) -> Self {
                 v as $t

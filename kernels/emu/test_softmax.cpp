@@ -13,31 +13,35 @@ KS(f32, float) KS(f64, double) KS(bf16, bf16) KS(f16, f16)
 
 // Forward over `rows` rows of n; x starts `shift` elements past an aligned address (a view's offset).
 // mask: row 0 gets some -inf entries and, with 3+ rows, row 1 is all -inf (NaN output, as on the CPU).
-template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shift, bool mask) {
+// t > 0: the causal mask of t-row score matrices, row r seeing its first min(n, r % t + off + 1) columns.
+template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shift, bool mask, int64_t t = 0,
+                                   int64_t off = 0) {
     Buf<T> x(rows * n, shift), y(rows * n);
     x.fill_random(-4, 4);
     if (mask) {
         for (int64_t j = 0; j < n; j += 3) x[j] = from_d<T>(-INFINITY);
         if (rows >= 3) for (int64_t j = 0; j < n; ++j) x[n + j] = from_d<T>(-INFINITY);
     }
-    unsigned t = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr()});
-    const char* kn = t ? "softmax_rows" : "softmax";
-    if (t) emu::launch(dim3(rows), dim3(t), K<T>::rows, x.ptr(), y.ptr(), n, log_);
-    else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::plain, x.ptr(), y.ptr(), n, log_);
+    unsigned th = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr()});
+    const char* kn = th ? "softmax_rows" : "softmax";
+    if (th) emu::launch(dim3(rows), dim3(th), K<T>::rows, x.ptr(), y.ptr(), n, log_, t, off);
+    else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::plain, x.ptr(), y.ptr(), n, log_, t, off);
     std::vector<double> ref(rows * n);
     for (int64_t r = 0; r < rows; ++r) {
+        int64_t lim = t > 0 ? std::min(n, r % t + off + 1) : n;
         double m = -INFINITY, s = 0;
-        for (int64_t j = 0; j < n; ++j) m = std::max(m, x.d(r * n + j));
-        for (int64_t j = 0; j < n; ++j) s += m == -INFINITY ? 0 : std::exp(x.d(r * n + j) - m);
+        for (int64_t j = 0; j < lim; ++j) m = std::max(m, x.d(r * n + j));
+        for (int64_t j = 0; j < lim; ++j) s += m == -INFINITY ? 0 : std::exp(x.d(r * n + j) - m);
         for (int64_t j = 0; j < n; ++j) {
             double v = x.d(r * n + j);
             if (m == -INFINITY) ref[r * n + j] = NAN;
+            else if (j >= lim) ref[r * n + j] = log_ ? -INFINITY : 0;
             else ref[r * n + j] = log_ ? v - m - std::log(s) : std::exp(v - m) / s;
         }
     }
     char name[160];
-    snprintf(name, sizeof name, "%s_%s n=%ld rows=%ld log=%d shift=%zu%s", kn, tname<T>(), (long)n, (long)rows, log_,
-             shift, mask ? " masked" : "");
+    snprintf(name, sizeof name, "%s_%s n=%ld rows=%ld log=%d shift=%zu%s causal t=%ld off=%ld", kn, tname<T>(), (long)n,
+             (long)rows, log_, shift, mask ? " masked" : "", (long)t, (long)off);
     compare(name, y.ptr(), ref, tol<T>());
 }
 
@@ -73,6 +77,13 @@ template <typename T> void all() {
         forward<T>(1000, 4, log_, 1, true);   // unaligned start: online path with a scalar head
         forward<T>(1000, 3, log_, 3, false);
         forward<T>(10000, 2, log_, 0, false); // past the cached limit: 1024 threads
+        // Causal masks: square (off 0) and with keys ahead of the queries (a cache, off > 0), on both paths;
+        // with `mask`, row 1 sees only -inf (NaN throughout) and row 0 some -inf.
+        forward<T>(256, 12, log_, 0, true, 6, 0);
+        forward<T>(64, 8, log_, 0, false, 8, 0);
+        forward<T>(100, 9, log_, 0, false, 3, 95);
+        forward<T>(1000, 7, log_, 1, true, 7, 500);
+        forward<T>(10000, 3, log_, 0, false, 3, 4096);
         for (int64_t n : {64, 100, 1001, 4096}) backward<T>(n, 4, log_);
     }
 }

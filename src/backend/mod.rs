@@ -20,6 +20,22 @@ pub(crate) fn check_ce_backward(rows: usize, c: usize, logits: usize, grads: usi
     Ok(())
 }
 
+/// A causal mask over softmax rows: the rows are the `rows` query rows of [.., rows, n] score matrices,
+/// and query row i (its index in the flattened rows, modulo `rows`) sees the first i + offset + 1 columns
+/// only (key positions 0..=offset + i), as in attention over a cache of `offset` earlier positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Causal {
+    pub rows: usize,
+    pub offset: usize,
+}
+
+impl Causal {
+    /// Columns row `r` (of the flattened rows) sees, out of `n`.
+    pub fn visible(&self, r: usize, n: usize) -> usize {
+        (r % self.rows.max(1) + self.offset + 1).min(n)
+    }
+}
+
 /// Elementwise functions of one tensor. Scalars ride in the op so one kernel serves every scalar form.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UnaryOp {

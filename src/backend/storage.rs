@@ -3,7 +3,7 @@
 
 use super::cpu::{self, CpuStorage};
 use super::cuda::{self as cu, CudaStorage};
-use super::{AdamParams, BinaryOp, CmpOp, ReduceOp, SgdParams, UnaryOp};
+use super::{AdamParams, BinaryOp, Causal, CmpOp, ReduceOp, SgdParams, UnaryOp};
 use crate::shape::Layout;
 use crate::{DType, Device, Error, Result};
 
@@ -235,10 +235,11 @@ impl Storage {
             Storage::Cuda(c) => Ok(Storage::Cuda(cu::cast(c, l, dtype)?)),
         }
     }
-    pub fn softmax(&self, l: &Layout, log: bool) -> Result<Storage> {
+    /// Softmax (or log-softmax) over the last dim of the view, with masked columns when `causal` is given.
+    pub fn softmax(&self, l: &Layout, log: bool, causal: Option<Causal>) -> Result<Storage> {
         match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::softmax(s, l, log)?)),
-            Storage::Cuda(c) => Ok(Storage::Cuda(cu::softmax(c, l, log)?)),
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::softmax(s, l, log, causal)?)),
+            Storage::Cuda(c) => Ok(Storage::Cuda(cu::softmax(c, l, log, causal)?)),
         }
     }
     /// Both operands contiguous with rows of length `n`.

@@ -181,14 +181,7 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     /// x [B, T, C] at positions pos0..pos0+T → [B, T, C]. With a cache, the new keys and values are stored
     /// at pos0.. and the queries attend over every cached position 0..pos0+T.
-    fn forward(
-        &self,
-        x: &Tensor,
-        pos0: usize,
-        cache: Option<&LayerCache>,
-        future: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&LayerCache>, pass: Pass) -> Result<Tensor> {
         let (b, t, c) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let (nh, hd) = (self.n_head, c / self.n_head);
         // [B, T, 3, H, hd] is a view of the projection's output; picking q, k, v along dim 2 and moving
@@ -204,13 +197,10 @@ impl CausalSelfAttention {
             k = cache.k.narrow(2, 0, pos0 + t)?;
             v = cache.v.narrow(2, 0, pos0 + t)?;
         }
-        let mut att = q.matmul(&k.transpose(-2, -1)?)?;
-        // A single query at the end of the sequence may see every key: no mask needed.
-        if t > 1 {
-            let mask = future.narrow(0, pos0, t)?.narrow(1, 0, pos0 + t)?;
-            att = att.masked_fill(&mask, f64::NEG_INFINITY)?;
-        }
-        let att = pass.drop(&att.softmax(-1)?)?;
+        // Query i (position pos0 + i) sees keys 0..=pos0 + i: the causal softmax masks the rest as it
+        // normalises, with no mask tensor and no separate masking pass over the [B, H, T, S] scores.
+        let att = q.matmul(&k.transpose(-2, -1)?)?;
+        let att = pass.drop(&att.causal_softmax(pos0)?)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape([b, t, c])?;
         pass.drop(&self.c_proj.forward(&y)?)
     }
@@ -248,15 +238,8 @@ pub struct Block {
 }
 
 impl Block {
-    fn forward(
-        &self,
-        x: &Tensor,
-        pos0: usize,
-        cache: Option<&LayerCache>,
-        future: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor> {
-        let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?, pos0, cache, future, pass)?)?;
+    fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&LayerCache>, pass: Pass) -> Result<Tensor> {
+        let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?, pos0, cache, pass)?)?;
         x.add(&self.mlp.forward(&self.ln_2.forward(&x)?, pass)?)
     }
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
@@ -277,9 +260,6 @@ pub struct Gpt {
     pub wpe: Embedding,
     pub h: Vec<Block>,
     pub ln_f: LayerNorm,
-    /// U8 [block_size, block_size], 1 above the diagonal: the keys each query must not see. Made once and
-    /// narrowed (a view) to each pass's shape.
-    future: Tensor,
     training: AtomicBool,
 }
 
@@ -343,8 +323,7 @@ impl Gpt {
             });
         }
         let ln_f = layer_norm(c, bias, dtype, device)?;
-        let future = Tensor::causal_mask(config.block_size, device)?.eq_scalar(0.0)?;
-        Ok(Gpt { config, wte, wpe, h, ln_f, future, training: AtomicBool::new(true) })
+        Ok(Gpt { config, wte, wpe, h, ln_f, training: AtomicBool::new(true) })
     }
 
     pub fn config(&self) -> &GptConfig {
@@ -408,7 +387,7 @@ impl Gpt {
         let pos = Tensor::arange(pos0 as f64, (pos0 + t) as f64, 1.0, DType::I64, ids.device())?;
         let mut x = pass.drop(&self.wte.forward(ids)?.add(&self.wpe.forward(&pos)?)?)?;
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(&x, pos0, cache.map(|c| &c[i]), &self.future, pass)?;
+            x = block.forward(&x, pos0, cache.map(|c| &c[i]), pass)?;
         }
         let mut x = self.ln_f.forward(&x)?;
         let mut tt = t;

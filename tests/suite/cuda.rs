@@ -436,6 +436,20 @@ fn softmax_and_log_softmax_match_cpu_with_grads() {
             close(&format!("softmax grad {dt} n={n}"), &grad(&xg), &grad(&x), tol(dt) * 10.0);
         }
     }
+    // The causal softmax: register-cached rows (n = 64) and long rows (the online kernel), queries after
+    // cached keys (offset > 0), with its gradient.
+    for dt in FLOATS {
+        for (t, n, off) in [(64usize, 64usize, 0usize), (5, 9000, 8995), (16, 300, 3)] {
+            let x = randn(21, &[3, t, n], dt).mul_scalar(3.0).unwrap().detach().set_requires_grad(true);
+            let xg = on(&x, d).set_requires_grad(true);
+            let w = randn(22, &[3, t, n], dt);
+            let (s, sg) = (x.causal_softmax(off).unwrap(), xg.causal_softmax(off).unwrap());
+            close(&format!("causal_softmax {dt} t={t} n={n} offset={off}"), &sg, &s, tol(dt));
+            s.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            sg.mul(&on(&w, d)).unwrap().sum_all().unwrap().backward().unwrap();
+            close(&format!("causal_softmax grad {dt} t={t} n={n}"), &grad(&xg), &grad(&x), tol(dt) * 10.0);
+        }
+    }
     // Softmax over a non-last dim (a strided view) and a fully masked row (NaN, as on the CPU).
     let x = randn(20, &[6, 5, 4], DType::F32);
     close("softmax dim 1", &on(&x, d).softmax(1).unwrap(), &x.softmax(1).unwrap(), 1e-5);

@@ -437,6 +437,17 @@ fn softmax_and_log_softmax_over_each_dim() {
     gradcheck("log_softmax narrowed", &[&m], |x| noncontig(x[0].narrow(1, 1, 4)?).log_softmax(-1));
 }
 
+#[test]
+fn causal_softmax_square_with_an_offset_and_transposed() {
+    // Square scores (each query sees itself and earlier keys), queries after 2 cached positions, and a
+    // non-contiguous view; the masked scores get exactly zero gradient.
+    let x = randn(&[2, 4, 4], 82).mul_scalar(2.0).unwrap().detach();
+    gradcheck("causal_softmax square", &[&x], |x| x[0].causal_softmax(0));
+    let y = randn(&[3, 6], 83);
+    gradcheck("causal_softmax offset 2", &[&y], |x| x[0].causal_softmax(2));
+    gradcheck("causal_softmax transposed", &[&x], |x| noncontig(x[0].transpose(1, 2)?).causal_softmax(1));
+}
+
 // ---- losses ----
 
 #[test]

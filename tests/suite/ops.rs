@@ -566,6 +566,33 @@ fn nan_propagates_through_max_min_maximum_minimum() {
 }
 
 #[test]
+fn causal_softmax_is_the_masked_softmax_and_rejects_vectors() {
+    // Against masked_fill of the future keys with -inf then softmax: square, with cached positions ahead
+    // of the queries, an offset past the last key (nothing masked), long rows, and every float dtype.
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        for (t, s, off) in [(5usize, 5usize, 0usize), (3, 7, 4), (4, 4, 9), (2, 3000, 2998), (6, 40, 0)] {
+            let x = Tensor::randn_with(&mut Generator::new(7), &[2, 3, t, s], dt, CPU).unwrap();
+            let future: Vec<u8> = (0..t * s).map(|k| u8::from(k % s > k / s + off)).collect();
+            let mask = Tensor::from_vec(future, &[t, s], CPU).unwrap();
+            let want = x.masked_fill(&mask, f64::NEG_INFINITY).unwrap().softmax(-1).unwrap();
+            let got = x.causal_softmax(off).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let tol = if matches!(dt, DType::BF16 | DType::F16) { 1e-2 } else { 1e-6 };
+            let err = rel_err(&got.to_dtype(DType::F64).unwrap(), &want.to_dtype(DType::F64).unwrap()).unwrap();
+            assert!(err < tol, "{dt} t={t} s={s} offset={off}: relative error {err}");
+            // Masked entries are exactly 0.
+            let v = vals(&got.to_dtype(DType::F32).unwrap());
+            assert!((0..v.len()).filter(|&k| k % s > (k / s) % t + off).all(|k| v[k] == 0.0), "{dt} {t} {s} {off}");
+        }
+    }
+    // A row whose visible scores are all -inf is NaN throughout, as the masked softmax gives.
+    let x = f32s(&[f32::NEG_INFINITY, 1.0, 2.0, 3.0], &[2, 2]);
+    let v = vals(&x.causal_softmax(0).unwrap());
+    assert!(v[0].is_nan() && v[1].is_nan() && (v[2] + v[3] - 1.0).abs() < 1e-6, "{v:?}");
+    assert!(f32s(&[1.0, 2.0], &[2]).causal_softmax(0).is_err());
+}
+
+#[test]
 fn softmax_of_huge_logits_is_finite() {
     for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
         // Huge logits a step apart that the dtype represents exactly (bf16 spaces 1e4 by 64, f16 60000 by 32).

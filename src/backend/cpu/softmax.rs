@@ -1,6 +1,7 @@
 //! Softmax and log-softmax over the last dim, one row per task, and their fused backward rules.
 
 use super::{contiguous_slice, fill_vec, float_map, float_map2, simd, CpuStorage, PAR_THRESHOLD};
+use crate::backend::Causal;
 use crate::dtype::Real;
 use crate::shape::Layout;
 use crate::Result;
@@ -60,38 +61,55 @@ pub(crate) fn exp_masked<T: Real>(d: T) -> T {
     }
 }
 
-/// Runs `f(in_row, out_row)` over rows of length `n`, in parallel when the tensor is large; `f` writes
-/// every element of its output row.
-pub fn rows_map<T: Real>(x: &[T], n: usize, f: impl Fn(&[T], &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+/// Runs `f(row_index, in_row, out_row)` over rows of length `n`, in parallel when the tensor is large;
+/// `f` writes every element of its output row.
+pub fn rows_map<T: Real>(x: &[T], n: usize, f: impl Fn(usize, &[T], &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
     if n == 0 {
         return vec![T::ZERO; x.len()];
     }
-    let f = |(o, i): (&mut [MaybeUninit<T>], &[T])| {
+    let f = |(r, (o, i)): (usize, (&mut [MaybeUninit<T>], &[T]))| {
         simd(
             #[inline(always)]
-            || f(i, o),
+            || f(r, i, o),
         )
     };
     fill_vec(x.len(), |out| {
         if x.len() >= PAR_THRESHOLD {
             // Blocks of rows per task: one task per short row costs more in scheduling than the row.
             let rows = (4096 / n).max(1);
-            out.par_chunks_mut(rows * n).zip(x.par_chunks(rows * n)).for_each(|(o, i)| {
-                o.chunks_mut(n).zip(i.chunks(n)).for_each(f);
+            out.par_chunks_mut(rows * n).zip(x.par_chunks(rows * n)).enumerate().for_each(|(b, (o, i))| {
+                o.chunks_mut(n).zip(i.chunks(n)).enumerate().for_each(|(r, p)| f((b * rows + r, p)));
             });
         } else {
-            out.chunks_mut(n).zip(x.chunks(n)).for_each(f);
+            out.chunks_mut(n).zip(x.chunks(n)).enumerate().for_each(f);
         }
     })
 }
 
-fn softmax_rows<T: Real>(x: &[T], n: usize, log: bool) -> Vec<T> {
+fn softmax_rows<T: Real>(x: &[T], n: usize, log: bool, causal: Option<Causal>) -> Vec<T> {
     rows_map(
         x,
         n,
         #[inline(always)]
-        |row, out| {
+        |r, row, out| {
+            // Causal: the masked columns are left out of the row and written as the −inf they stand for
+            // would come out (0, or −inf for log-softmax; NaN when nothing visible is finite).
+            let seen = causal.map_or(n, |c| c.visible(r, n));
+            let (row, out, hidden) = {
+                let (out, hidden) = out.split_at_mut(seen);
+                (&row[..seen], out, hidden)
+            };
             let max = row_max(row);
+            let masked = if max == T::NEG_INFINITY {
+                T::NAN
+            } else if log {
+                T::NEG_INFINITY
+            } else {
+                T::ZERO
+            };
+            for o in hidden.iter_mut() {
+                o.write(masked);
+            }
             // A fully masked row (all -inf) gives NaN, as PyTorch does: exp(-inf - -inf) is NaN.
             if log {
                 let sum = lane_sum([row], |[v]| exp_masked(v - max));
@@ -130,9 +148,10 @@ fn softmax_rows<T: Real>(x: &[T], n: usize, log: bool) -> Vec<T> {
 }
 
 /// Softmax (or log-softmax) over rows of length `n` of a view whose last dim is the softmax dim.
-pub fn softmax(s: &CpuStorage, l: &Layout, log: bool) -> Result<CpuStorage> {
+/// With `causal`, row r sees only its first `causal.visible(r, n)` columns (the rest as if −inf).
+pub fn softmax(s: &CpuStorage, l: &Layout, log: bool, causal: Option<Causal>) -> Result<CpuStorage> {
     let n = *l.shape().last().unwrap_or(&1);
-    Ok(float_map!("softmax", s, |v| softmax_rows(&contiguous_slice(v, l), n, log)))
+    Ok(float_map!("softmax", s, |v| softmax_rows(&contiguous_slice(v, l), n, log, causal)))
 }
 
 /// Gradient of softmax given its output `y` and the incoming gradient `g` (both contiguous, same shape):

@@ -3,6 +3,7 @@
 use super::device::launch;
 use super::elementwise::cast;
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
+use crate::backend::Causal;
 use crate::shape::Layout;
 use crate::Result;
 
@@ -27,7 +28,9 @@ pub(crate) fn cached_row_threads(n: usize, dtype: crate::DType, ptrs: &[u64]) ->
     fits.then(|| (n.div_ceil(ROW_VALS).div_ceil(32) * 32).clamp(32, 1024) as u32)
 }
 
-pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
+/// With `causal`, row r reads and normalises only its first `causal.visible(r, n)` columns; the rest are
+/// written as 0 (−inf for log-softmax).
+pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool, causal: Option<Causal>) -> Result<CudaStorage> {
     if !x.dtype().is_float() {
         return Err(need_float("softmax", x.dtype()));
     }
@@ -45,13 +48,15 @@ pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStor
         return Ok(out);
     }
     let rows = numel / n;
+    // The kernels take the mask as (query rows per matrix, offset); 0 rows: no mask.
+    let (mask_rows, offset) = causal.map_or((0i64, 0i64), |c| (c.rows as i64, c.offset as i64));
     if let Some(t) = cached_row_threads(n, x.dtype(), &[src, out.ptr()]) {
         launch!(x.dev(), kname("softmax_rows", x.dtype()), (rows as u32, 1, 1), (t, 1, 1);
-            src, out.ptr(), n as i64, log as i32)?;
+            src, out.ptr(), n as i64, log as i32, mask_rows, offset)?;
         return Ok(out);
     }
     launch!(x.dev(), kname("softmax", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
-        src, out.ptr(), n as i64, log as i32)?;
+        src, out.ptr(), n as i64, log as i32, mask_rows, offset)?;
     Ok(out)
 }
 
