@@ -124,6 +124,11 @@ extern "C" __global__ void sort_place(const int64_t* idx, int64_t n, int64_t siz
     }
 }
 
+// Sources index_add_sorted loads before adding any: a row's sources are a chain of dependent adds, and
+// one load at a time left a thread waiting a memory latency per source (an embedding row that takes
+// thousands of tokens, such as the space of a character vocabulary, took milliseconds).
+#define SORTED_BATCH 8
+
 // out (a copy of x) [o, v, j] += Σ src[o, k, j] over the sorted positions k of row v, summed in f64 in
 // index order. Grid (size, outer); threads walk the columns.
 template <typename T>
@@ -132,9 +137,21 @@ __device__ void index_add_sorted_k(T* out, const int32_t* sorted, const int32_t*
     int64_t v = blockIdx.x, o = blockIdx.y;
     int32_t start = base[v], cnt = total[v];
     if (cnt == 0) return;
+    src += o * nidx * inner;
+    sorted += start;
     for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
         double acc = 0;
-        for (int32_t p = 0; p < cnt; ++p) acc += to_acc<double>(src[(o * nidx + sorted[start + p]) * inner + j]);
+        int32_t p = 0;
+        // Whole batches: SORTED_BATCH loads in flight, then added in index order (the same sum as one at a
+        // time, so results do not change).
+        for (; p + SORTED_BATCH <= cnt; p += SORTED_BATCH) {
+            T b[SORTED_BATCH];
+#pragma unroll
+            for (int u = 0; u < SORTED_BATCH; ++u) b[u] = src[(int64_t)sorted[p + u] * inner + j];
+#pragma unroll
+            for (int u = 0; u < SORTED_BATCH; ++u) acc += to_acc<double>(b[u]);
+        }
+        for (; p < cnt; ++p) acc += to_acc<double>(src[(int64_t)sorted[p] * inner + j]);
         int64_t d = (o * size + v) * inner + j;
         out[d] = from_acc<T, double>(to_acc<double>(out[d]) + acc);
     }
