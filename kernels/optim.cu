@@ -42,6 +42,44 @@ __device__ void sgd_k(T* p, const T* g, T* b, int64_t n, double lr_, double mom_
     }
 }
 
+// Up to TENSOR_LIST_MAX tensors of one dtype for one launch (PyTorch's multi_tensor_apply idea): the list
+// travels in the kernel's parameters, and block b takes chunk b − first_chunk[i] of the tensor i whose
+// chunks it falls in. A model's gradients are then a handful of launches instead of several per tensor.
+#define TENSOR_LIST_MAX 32
+#define TENSOR_LIST_CHUNK 65536
+struct TensorList {
+    const void* ptr[TENSOR_LIST_MAX];
+    int64_t len[TENSOR_LIST_MAX];
+    int64_t first_chunk[TENSOR_LIST_MAX + 1];  // first_chunk[count] = the launch's blocks
+    int32_t count;
+};
+
+// partial[base + b] = Σ x² over block b's chunk: squares in the compute type (f32, or f64 for f64), sums
+// in f64 in a fixed order (threads stride the chunk, then one block reduction), so the total is
+// deterministic. The host sums the partials (gradient clipping's global norm).
+template <typename T> __device__ void sum_squares_k(const TensorList& tl, double* partial, int64_t base) {
+    typedef typename Acc<T>::type A;
+    __shared__ double sh[32];
+    int64_t b = blockIdx.x;
+    int i = 0;
+    while (i + 1 < tl.count && tl.first_chunk[i + 1] <= b) ++i;
+    const T* x = static_cast<const T*>(tl.ptr[i]);
+    int64_t lo = (b - tl.first_chunk[i]) * TENSOR_LIST_CHUNK, hi = lo + TENSOR_LIST_CHUNK;
+    if (hi > tl.len[i]) hi = tl.len[i];
+    double acc = 0;
+    for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+        A v = to_acc<A>(x[j]);
+        acc += (double)(v * v);
+    }
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) partial[base + b] = acc;
+}
+
+#define SUM_SQUARES(S, T) \
+    extern "C" __global__ void sum_squares_##S(TensorList tl, double* partial, int64_t base) { \
+        sum_squares_k<T>(tl, partial, base); }
+FOR_FLOATS(SUM_SQUARES)
+
 #define OPTIM(S, T) \
     extern "C" __global__ void adam_update_##S(T* p, const T* g, T* m, T* v, int64_t n, double b1, double b2, double eps, \
                                                double wd, double step_size, double bc2_sqrt, double decay, int decoupled) { \

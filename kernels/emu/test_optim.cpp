@@ -12,8 +12,13 @@ constexpr unsigned THREADS = 256;
 constexpr int STEPS = 5;
 
 template <typename T> struct K;
-#define KO(S, T) template <> struct K<T> { static constexpr auto adam = adam_update_##S, sgd = sgd_update_##S; };
+#define KO(S, T) \
+    template <> struct K<T> { \
+        static constexpr auto adam = adam_update_##S, sgd = sgd_update_##S; \
+        static constexpr auto sum_squares = sum_squares_##S; };
 KO(f32, float) KO(f64, double)
+template <> struct K<bf16> { static constexpr auto sum_squares = sum_squares_bf16; };
+template <> struct K<f16> { static constexpr auto sum_squares = sum_squares_f16; };
 
 struct AdamP { double lr, b1, b2, eps, wd; bool decoupled; };
 
@@ -114,8 +119,57 @@ template <typename T> void all() {
     sgd<T>(300, {0.05, 0.5, 0, 0.1, true});                // Nesterov with weight decay
 }
 
+// sum_squares over a list of tensors of sizes `sizes`, split into launches of TENSOR_LIST_MAX as
+// src/backend/cuda/optim.rs does, partials summed in order on the host, against an f64 reference.
+template <typename T> void sum_squares(std::vector<size_t> sizes) {
+    typedef typename Acc<T>::type A;
+    std::vector<Buf<T>> xs;
+    for (size_t n : sizes) {
+        xs.emplace_back(n);
+        xs.back().fill_random(-2, 2);
+    }
+    double want = 0;
+    for (auto& x : xs)
+        for (size_t j = 0; j < x.n; ++j) {
+            A v = to_acc<A>(x[j]);
+            want += (double)(v * v);
+        }
+    size_t chunks = 0;
+    for (size_t n : sizes) chunks += (n + TENSOR_LIST_CHUNK - 1) / TENSOR_LIST_CHUNK;
+    std::vector<double> partial(chunks, NAN);
+    size_t base = 0;
+    for (size_t i0 = 0; i0 < xs.size(); i0 += TENSOR_LIST_MAX) {
+        TensorList tl{};
+        int64_t blocks = 0;
+        for (size_t i = i0; i < std::min(xs.size(), i0 + TENSOR_LIST_MAX); ++i) {
+            if (sizes[i] == 0) continue;  // the host leaves empty tensors out
+            tl.ptr[tl.count] = xs[i].ptr();
+            tl.len[tl.count] = (int64_t)sizes[i];
+            tl.first_chunk[tl.count++] = blocks;
+            blocks += (int64_t)((sizes[i] + TENSOR_LIST_CHUNK - 1) / TENSOR_LIST_CHUNK);
+        }
+        tl.first_chunk[tl.count] = blocks;
+        if (blocks == 0) continue;
+        emu::launch(dim3(blocks), dim3(THREADS), K<T>::sum_squares, tl, partial.data(), (int64_t)base);
+        base += blocks;
+    }
+    double got = 0;
+    for (double p : partial) got += p;
+    char name[120];
+    snprintf(name, sizeof name, "sum_squares_%s %zu tensors, %zu chunks", tname<T>(), sizes.size(), chunks);
+    compare(name, &got, std::vector<double>{want}, 1e-12);
+}
+
 int main() {
     all<float>();
     all<double>();
+    // One tensor over three chunks; 40 tensors (two launches) with empty ones; chunk-sized ones.
+    sum_squares<float>({150000});
+    std::vector<size_t> many;
+    for (size_t i = 0; i < 40; ++i) many.push_back(i % 7 == 3 ? 0 : (i * 977) % 5000 + 1);
+    sum_squares<float>(many);
+    sum_squares<bf16>(many);
+    sum_squares<double>({65536, 65537, 1});
+    sum_squares<f16>({70000, 3});
     return finish("optim");
 }

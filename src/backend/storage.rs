@@ -242,6 +242,24 @@ impl Storage {
             Storage::Cuda(c) => Ok(Storage::Cuda(cu::softmax(c, l, log, causal)?)),
         }
     }
+    /// Σ x² over every element of `parts` (storage, first element, length: contiguous runs, all on one
+    /// device) as a one-element f64 storage there: squares in f32 (f64 for f64), sums in f64, in a fixed
+    /// order. Gradient clipping's global norm in a few launches instead of several per tensor.
+    pub fn sum_squares(parts: &[(&Storage, usize, usize)]) -> Result<Storage> {
+        const OP: &str = "sum_squares";
+        match parts.first() {
+            None => Ok(Storage::Cpu(CpuStorage::F64(vec![0.0]))),
+            Some((Storage::Cpu(_), ..)) => {
+                let cpu = parts.iter().map(|&(s, at, n)| Ok((cpu_of(OP, s)?, at, n))).collect::<Result<Vec<_>>>()?;
+                Ok(Storage::Cpu(cpu::sum_squares(&cpu)?))
+            }
+            Some((Storage::Cuda(first), ..)) => {
+                let dev = first.device();
+                let gpu = parts.iter().map(|&(s, at, n)| Ok((cu(OP, s, dev)?, at, n))).collect::<Result<Vec<_>>>()?;
+                Ok(Storage::Cuda(cu::sum_squares(&gpu)?))
+            }
+        }
+    }
     /// Both operands contiguous with rows of length `n`.
     pub fn softmax_backward(&self, g: &Storage, n: usize, log: bool) -> Result<Storage> {
         const OP: &str = "softmax_backward";

@@ -1,12 +1,13 @@
 //! Gradient clipping by global norm.
 
 use crate::autograd::NoGradGuard;
+use crate::backend::Storage;
 use crate::{DType, Error, Result, Tensor};
 use std::collections::HashSet;
 
 /// Scales every gradient by max_norm/(norm + 1e-6) when the L2 norm over all of them together exceeds
 /// `max_norm`, and returns that norm (before clipping), as `torch.nn.utils.clip_grad_norm_`. The norm is
-/// computed with tensor ops (on the gradients' device), squares in f32 or f64 and sums in f64. Parameters
+/// computed on the gradients' device (see `squared_total`), squares in f32 or f64 and sums in f64. Parameters
 /// without a gradient are skipped, and one listed twice counts once.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
     check_max_norm("clip_grad_norm", max_norm)?;
@@ -14,16 +15,8 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
     let mut seen = HashSet::new();
     let grads: Vec<(&Tensor, Tensor)> =
         params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| p.grad().map(|g| (p, g))).collect();
-    let mut total: Option<Tensor> = None;
-    for (_, g) in &grads {
-        let sq = squared_sum(g)?;
-        // Summed on the first gradient's device, so only the final scalar is read back.
-        total = Some(match total {
-            Some(t) => t.add(&sq.to_device(t.device())?)?,
-            None => sq,
-        });
-    }
-    let Some(total) = total else { return Ok(0.0) };
+    let owned: Vec<Tensor> = grads.iter().map(|(_, g)| g.clone()).collect();
+    let Some(total) = squared_total(&owned)? else { return Ok(0.0) };
     let norm = total.sqrt()?.item()?;
     if let Some(coef) = clip_coefficient(norm, max_norm) {
         for (p, g) in &grads {
@@ -31,6 +24,29 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
         }
     }
     Ok(norm)
+}
+
+/// Σ g² over all of `grads` as a one-element f64 tensor (None when there are none). Gradients on one
+/// device are summed by one fused reduction (on a GPU, a launch per 32 gradients instead of five per
+/// gradient); gradients spread over devices are summed one by one on the first one's device, so only the
+/// final scalar is read back either way.
+pub(crate) fn squared_total(grads: &[Tensor]) -> Result<Option<Tensor>> {
+    let Some(first) = grads.first() else { return Ok(None) };
+    if grads.iter().all(|g| g.device() == first.device()) {
+        let runs = grads.iter().map(|g| g.contiguous()).collect::<Result<Vec<_>>>()?;
+        let guards: Vec<_> = runs.iter().map(|g| g.storage()).collect();
+        let parts: Vec<_> = runs.iter().zip(&guards).map(|(g, s)| (&**s, g.layout().offset(), g.numel())).collect();
+        return Ok(Some(Tensor::from_storage(Storage::sum_squares(&parts)?, &[])));
+    }
+    let mut total: Option<Tensor> = None;
+    for g in grads {
+        let sq = squared_sum(g)?;
+        total = Some(match total {
+            Some(t) => t.add(&sq.to_device(t.device())?)?,
+            None => sq,
+        });
+    }
+    Ok(total)
 }
 
 pub(crate) fn check_max_norm(op: &'static str, max_norm: f64) -> Result<()> {

@@ -728,6 +728,34 @@ fn fused_optimizers_match_cpu() {
     }
 }
 
+#[test]
+fn clip_grad_norm_matches_cpu_over_many_gradients() {
+    // 70 gradients: f32 ones of sizes from 1 to 300000 (several 65536-element chunks; more than the 32
+    // tensors of one launch), bf16 and f64 ones, an empty one, and a transposed (non-contiguous) one.
+    let Some(d) = gpu() else { return };
+    let mut params = vec![];
+    for i in 0..70usize {
+        let dt = [DType::F32, DType::F32, DType::BF16, DType::F64][i % 4];
+        let n = [1usize, 300_000, 70_000, 0, 1000, 65_536][i % 6] + i;
+        params.push(randn(60 + i as u64, &[n], dt));
+    }
+    params.push(randn(200, &[300, 700], DType::F32).transpose(0, 1).unwrap());
+    params.push(randn(201, &[0], DType::F32));
+    let cpu: Vec<Tensor> = params.iter().map(|g| Tensor::zeros(g.dims(), g.dtype(), Device::Cpu).unwrap()).collect();
+    let dev: Vec<Tensor> = cpu.iter().map(|p| on(p, d).set_requires_grad(true)).collect();
+    let cpu: Vec<Tensor> = cpu.into_iter().map(|p| p.set_requires_grad(true)).collect();
+    for ((p, pg), g) in cpu.iter().zip(&dev).zip(&params) {
+        p.set_grad(Some(g.clone())).unwrap();
+        pg.set_grad(Some(on(g, d))).unwrap();
+    }
+    let norm = munja::optim::clip_grad_norm(&cpu, 1.0).unwrap();
+    let norm_gpu = munja::optim::clip_grad_norm(&dev, 1.0).unwrap();
+    assert!((norm_gpu - norm).abs() <= 1e-9 * norm, "global norm: GPU {norm_gpu}, CPU {norm}");
+    for (p, pg) in cpu.iter().zip(&dev) {
+        close("clipped gradient", &grad(pg), &grad(p), tol(p.dtype()));
+    }
+}
+
 /// The MNIST-MLP shape (784-512-512-10, batch 128), Adam through the fused update.
 fn mlp_losses(device: Device, steps: usize, mut after_step: impl FnMut(usize)) -> Vec<f64> {
     let mut g = Generator::new(7);

@@ -366,6 +366,26 @@ fn clip_grad_norm_scales_by_the_global_norm() -> Result<()> {
     assert_eq!(clip_grad_norm(std::slice::from_ref(&none), 1.0)?, 0.0);
     assert!(clip_grad_norm(&params, -1.0).is_err());
     assert!(clip_grad_norm(&params, f64::NAN).is_err());
+
+    // Mixed dtypes and a non-contiguous gradient: the norm is the f64 norm of the values as stored.
+    let mut g = Generator::new(3);
+    let grads = [
+        Tensor::randn_with(&mut g, &[5, 7], DType::F32, CPU)?.transpose(0, 1)?,
+        Tensor::randn_with(&mut g, &[100], DType::BF16, CPU)?,
+        Tensor::randn_with(&mut g, &[9], DType::F64, CPU)?,
+        Tensor::randn_with(&mut g, &[0], DType::F16, CPU)?,
+    ];
+    let want = grads.iter().flat_map(|t| t.to_vec_f64().unwrap()).map(|v| v * v).sum::<f64>().sqrt();
+    let ps: Vec<Tensor> = grads
+        .iter()
+        .map(|t| {
+            let p = Tensor::zeros(t.dims(), t.dtype(), CPU).unwrap().set_requires_grad(true);
+            p.set_grad(Some(t.clone())).unwrap();
+            p
+        })
+        .collect();
+    let norm = clip_grad_norm(&ps, 1e9)?;
+    assert!((norm - want).abs() < 1e-6 * want, "norm {norm}, want {want}");
     Ok(())
 }
 

@@ -142,3 +142,30 @@ pub fn sgd_update(p: &mut CpuStorage, g: &CpuStorage, buf: Option<&mut CpuStorag
     }
     Ok(())
 }
+
+/// Σ x² over every element of `parts` (storage, first element, length), as a one-element f64 storage:
+/// squares in f32 (f64 for f64), sums in f64, tensor after tensor (the CUDA version's definition; only
+/// the order of the f64 additions differs).
+pub fn sum_squares(parts: &[(&CpuStorage, usize, usize)]) -> Result<CpuStorage> {
+    fn go<T: Copy + Sync>(x: &[T], sq: impl Fn(T) -> f64 + Sync + Send) -> f64 {
+        x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| sq(v)).sum::<f64>()).collect::<Vec<f64>>().iter().sum()
+    }
+    let mut total = 0.0f64;
+    for &(s, at, len) in parts {
+        if at + len > s.len() {
+            return Err(Error::invalid(
+                "sum_squares",
+                format!("elements {at}..{} of a storage of {}", at + len, s.len()),
+            ));
+        }
+        let r = at..at + len;
+        total += match s {
+            CpuStorage::F32(x) => go(&x[r], |v| (v * v) as f64),
+            CpuStorage::F64(x) => go(&x[r], |v| v * v),
+            CpuStorage::BF16(x) => go(&x[r], |v| (v.to_f32() * v.to_f32()) as f64),
+            CpuStorage::F16(x) => go(&x[r], |v| (v.to_f32() * v.to_f32()) as f64),
+            other => return Err(super::need_float("sum_squares", other.dtype())),
+        };
+    }
+    Ok(CpuStorage::F64(vec![total]))
+}
