@@ -192,6 +192,30 @@ fn main() -> Result<()> {
         report(&format!("layer_norm bwd {dt}"), &sh, bwd, gb(3.0 * nb, bwd), "GB/s", copy_gbs, "-");
     }
 
+    // ---- attention's softmax at the GPT's shape: [64, 6, 256, 256] bf16 scores (50 MB) ----
+    // Short rows, one 256-wide row per block; under 64 MiB, so outside the bar's sizes, reported for the
+    // GPT step. Causal forward: reads the visible half of each matrix, writes all of it.
+    let (ab, ah, at) = (64usize, 6usize, 256usize);
+    let scores = randn(30, &[ab, ah, at, at], DType::BF16, d)?;
+    let nb = (ab * ah * at * at) as f64 * 2.0;
+    let visible = nb * (at + 1) as f64 / (2 * at) as f64;
+    let shape = format!("{ab}x{ah}x{at}x{at}");
+    let ms = time(d, || scores.causal_softmax(0).map(|_| ()))?;
+    let p = scores.causal_softmax(0)?;
+    let first = |t: &Tensor| t.narrow(0, 0, 1).and_then(|t| t.to_device(Device::Cpu)).and_then(|t| t.to_dtype(DType::F64));
+    let chk = verdict(rel_max(&first(&p)?, &first(&scores)?.causal_softmax(0)?)?, 1e-2);
+    report("causal softmax fwd bf16", &shape, ms, gb(visible + nb, ms), "GB/s", copy_gbs, &chk);
+    let sg = scores.detach().set_requires_grad(true);
+    let g = randn(31, &[ab, ah, at, at], DType::BF16, d)?;
+    let ms = time(d, || {
+        sg.zero_grad();
+        sg.causal_softmax(0)?.backward_with(&g)
+    })?;
+    let ms_fwd = time(d, || sg.causal_softmax(0).map(|_| ()))?;
+    let bwd = (ms - ms_fwd).max(1e-3);
+    report("softmax bwd bf16", &shape, bwd, gb(3.0 * nb, bwd), "GB/s", copy_gbs, "-");
+    drop((scores, p, sg, g));
+
     // ---- cross-entropy from logits: [4096, 50257] ----
     let (nr, nc) = (4096usize, 50_257usize);
     for dt in [DType::F32, DType::BF16] {
