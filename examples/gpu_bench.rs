@@ -202,7 +202,8 @@ fn main() -> Result<()> {
     let shape = format!("{ab}x{ah}x{at}x{at}");
     let ms = time(d, || scores.causal_softmax(0).map(|_| ()))?;
     let p = scores.causal_softmax(0)?;
-    let first = |t: &Tensor| t.narrow(0, 0, 1).and_then(|t| t.to_device(Device::Cpu)).and_then(|t| t.to_dtype(DType::F64));
+    let first =
+        |t: &Tensor| t.narrow(0, 0, 1).and_then(|t| t.to_device(Device::Cpu)).and_then(|t| t.to_dtype(DType::F64));
     let chk = verdict(rel_max(&first(&p)?, &first(&scores)?.causal_softmax(0)?)?, 1e-2);
     report("causal softmax fwd bf16", &shape, ms, gb(visible + nb, ms), "GB/s", copy_gbs, &chk);
     let sg = scores.detach().set_requires_grad(true);

@@ -318,17 +318,9 @@ impl Tensor {
     /// Overwrites this tensor's elements in place with `src` (same shape, dtype and device), recording no
     /// history: loading checkpoints, initialisers, parameter broadcasts.
     pub fn assign(&self, src: &Tensor) -> Result<()> {
-        if src.dims() != self.dims() {
-            return Err(Error::shape(
-                "assign",
-                format!("source shape {:?} differs from destination {:?}", src.dims(), self.dims()),
-            ));
-        }
+        self.check_assign(src)?;
         if src.dtype() != self.dtype() {
             return Err(Error::DType { op: "assign", expected: self.dtype(), got: src.dtype() });
-        }
-        if src.device() != self.device() {
-            return Err(Error::Device { op: "assign", a: self.device(), b: src.device() });
         }
         if Arc::ptr_eq(self.storage_arc(), src.storage_arc()) {
             let copy = src.storage().copy_strided(src.layout())?;
@@ -336,6 +328,31 @@ impl Tensor {
         }
         let s = src.storage();
         self.storage_mut().copy_into(self.layout(), &s, src.layout())
+    }
+
+    /// `assign` from a tensor of another dtype, converting (rounding) as `to_dtype` does, without the
+    /// intermediate tensor: the mixed-precision optimizer's re-rounding of working weights.
+    pub(crate) fn assign_cast(&self, src: &Tensor) -> Result<()> {
+        self.check_assign(src)?;
+        if src.dtype() == self.dtype() || Arc::ptr_eq(self.storage_arc(), src.storage_arc()) {
+            return self.assign(&src.to_dtype(self.dtype())?);
+        }
+        let s = src.storage();
+        self.storage_mut().cast_into(self.layout(), &s, src.layout())
+    }
+
+    /// What every assignment needs: the same shape, on the same device.
+    fn check_assign(&self, src: &Tensor) -> Result<()> {
+        if src.dims() != self.dims() {
+            return Err(Error::shape(
+                "assign",
+                format!("source shape {:?} differs from destination {:?}", src.dims(), self.dims()),
+            ));
+        }
+        if src.device() != self.device() {
+            return Err(Error::Device { op: "assign", a: self.device(), b: src.device() });
+        }
+        Ok(())
     }
 
     /// Moves (copies) the tensor to another device; gradients flow back.

@@ -214,6 +214,17 @@ impl Storage {
             }
         }
     }
+    /// Writes the view (src, sl) into this storage's view `dl` converted to this storage's dtype (same
+    /// element count): on the GPU one cast kernel when `dl` is contiguous, else a cast then a copy.
+    pub fn cast_into(&mut self, dl: &Layout, src: &Storage, sl: &Layout) -> Result<()> {
+        const OP: &str = "cast_into";
+        if let (Storage::Cuda(d), true) = (&mut *self, dl.is_contiguous()) {
+            let dev = d.device();
+            return cu::cast_into(d, dl.offset(), cu(OP, src, dev)?, sl);
+        }
+        let wide = src.cast(sl, self.dtype())?;
+        self.copy_into(dl, &wide, &Layout::contiguous(sl.shape()))
+    }
     /// A contiguous buffer of `shape`, zero except the slice `start..start + len` of dim `d`, which holds
     /// this storage viewed through `l` (the slice's shape): the gradient of `narrow`. The CPU writes it in
     /// one pass instead of zero-filling the whole buffer and then copying the slice over.

@@ -179,7 +179,7 @@ impl<O: Optimizer> MixedPrecision<O> {
     pub fn sync_working(&self) -> Result<()> {
         let _ng = NoGradGuard::new();
         for p in self.pairs.iter().filter(|p| p.shadowed()) {
-            p.working.assign(&p.master.detach().to_dtype(p.working.dtype())?)?;
+            p.working.assign_cast(&p.master.detach())?;
         }
         Ok(())
     }

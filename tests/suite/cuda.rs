@@ -756,6 +756,45 @@ fn clip_grad_norm_matches_cpu_over_many_gradients() {
     }
 }
 
+#[test]
+fn mixed_precision_steps_match_cpu_and_round_the_masters_in_place() {
+    // bf16 and f16 working weights on the GPU: after each step each is its master rounded (one cast kernel
+    // straight into the weight), and the masters follow the CPU run of the same steps.
+    let Some(d) = gpu() else { return };
+    use munja::optim::{AdamConfig, AdamW, MixedPrecision, Optimizer};
+    let cfg = AdamConfig { lr: 0.05, betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.1 };
+    let start = [randn(80, &[300, 17], DType::BF16), randn(81, &[33], DType::F16), randn(82, &[8], DType::BF16)];
+    let make = |dev: Device| {
+        let ps: Vec<Tensor> = start.iter().map(|t| on(t, dev).set_requires_grad(true)).collect();
+        let named = ps.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.clone())).collect();
+        (ps.clone(), MixedPrecision::new(named, |m| AdamW::new(m, cfg)).unwrap())
+    };
+    let ((cpu, mut cpu_opt), (gpu_ps, mut gpu_opt)) = (make(Device::Cpu), make(d));
+    for step in 0..3u64 {
+        for (i, (p, pg)) in cpu.iter().zip(&gpu_ps).enumerate() {
+            let g = randn(90 + 3 * step + i as u64, p.dims(), p.dtype());
+            p.set_grad(Some(g.clone())).unwrap();
+            pg.set_grad(Some(on(&g, d))).unwrap();
+        }
+        cpu_opt.step().unwrap();
+        gpu_opt.step().unwrap();
+        for ((pg, m), (p, mc)) in
+            gpu_ps.iter().zip(gpu_opt.master_parameters()).zip(cpu.iter().zip(cpu_opt.master_parameters()))
+        {
+            let rounded = m.to_dtype(pg.dtype()).unwrap();
+            assert_eq!(
+                pg.to_vec_f64().unwrap(),
+                rounded.to_vec_f64().unwrap(),
+                "step {step}: working != master rounded"
+            );
+            close(&format!("master step {step}"), &m, &mc, 1e-5);
+            close(&format!("working step {step}"), pg, p, 1e-2);
+        }
+        gpu_opt.zero_grad();
+        cpu_opt.zero_grad();
+    }
+}
+
 /// The MNIST-MLP shape (784-512-512-10, batch 128), Adam through the fused update.
 fn mlp_losses(device: Device, steps: usize, mut after_step: impl FnMut(usize)) -> Vec<f64> {
     let mut g = Generator::new(7);

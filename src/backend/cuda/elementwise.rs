@@ -127,35 +127,52 @@ pub(crate) fn where_cond(
 
 /// A contiguous copy of the view converted to `dtype` (the same dtype: a strided copy).
 pub(crate) fn cast(x: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(x.dev(), dtype, l.numel())?;
+    cast_to(x, l, dtype, out.ptr())?;
+    Ok(out)
+}
+
+/// Casts the view (x, l) into `d` from element `at` on, as a contiguous run (the caller checks that the
+/// run fits and matches the view's shape): the mixed-precision optimizer re-rounds each working weight
+/// from its master with one kernel, not a cast into a new buffer and then a copy.
+pub(crate) fn cast_into(d: &mut CudaStorage, at: usize, x: &CudaStorage, l: &Layout) -> Result<()> {
+    same_device("cast_into", d, x)?;
+    if at + l.numel() > d.len() {
+        return Err(Error::invalid(
+            "cast_into",
+            format!("{} elements from {at} in a storage of {}", l.numel(), d.len()),
+        ));
+    }
+    cast_to(x, l, d.dtype(), d.ptr_at(at))
+}
+
+/// Writes the view (x, l) as `dtype`, contiguous, at device address `out` (room for l.numel() elements).
+fn cast_to(x: &CudaStorage, l: &Layout, dtype: DType, out: u64) -> Result<()> {
     let dev = x.dev();
     let n = l.numel();
-    let out = CudaStorage::alloc(dev, dtype, n)?;
     if n == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let ([sx], contig) = views([l])?;
     if contig && dtype == x.dtype() {
         let bytes = n * dtype.size_in_bytes();
         // SAFETY: source range [offset, offset+n) lies in x (the layout was validated), dest holds n elements.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(out.ptr(), x.ptr_at(l.offset()), bytes, dev.cu_stream()) }
+        unsafe { cudarc::driver::result::memcpy_dtod_async(out, x.ptr_at(l.offset()), bytes, dev.cu_stream()) }
             .map_err(|e| dev.err("copy", e))?;
-        return Ok(out);
+        return Ok(());
     }
     if dtype == x.dtype() {
         if let Some(grid) = sx.transpose_grid() {
-            launch!(dev, kname("transpose_copy", dtype), grid, (32, 8, 1); x.ptr(), sx, out.ptr(), n as i64)?;
-            return Ok(out);
+            return launch!(dev, kname("transpose_copy", dtype), grid, (32, 8, 1); x.ptr(), sx, out, n as i64);
         }
         let k = 16 / dtype.size_in_bytes();
-        if let (Some(px), true) = (sx.in_packs(k), x.ptr().is_multiple_of(16) && out.ptr().is_multiple_of(16)) {
+        if let (Some(px), true) = (sx.in_packs(k), x.ptr().is_multiple_of(16) && out.is_multiple_of(16)) {
             let packs = n / k;
-            launch!(dev, "copy_packs", grid_for(packs, THREADS), (THREADS, 1, 1); x.ptr(), px, out.ptr(), packs as i64)?;
-            return Ok(out);
+            return launch!(dev, "copy_packs", grid_for(packs, THREADS), (THREADS, 1, 1); x.ptr(), px, out, packs as i64);
         }
     }
     let name = intern(format!("cast_{}_{}", x.dtype().name(), dtype.name()));
-    launch!(dev, name, grid_for(n, THREADS), (THREADS, 1, 1); x.ptr(), sx, out.ptr(), n as i64, contig as i32)?;
-    Ok(out)
+    launch!(dev, name, grid_for(n, THREADS), (THREADS, 1, 1); x.ptr(), sx, out, n as i64, contig as i32)
 }
 
 pub(crate) fn copy_into(d: &mut CudaStorage, dl: &Layout, s: &CudaStorage, sl: &Layout) -> Result<()> {

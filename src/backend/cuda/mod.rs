@@ -33,7 +33,7 @@ pub use storage::CudaStorage;
 pub(crate) use device::CudaDevice;
 
 pub(crate) use blas::matmul;
-pub(crate) use elementwise::{binary, cast, compare, copy_into, unary, where_cond};
+pub(crate) use elementwise::{binary, cast, cast_into, compare, copy_into, unary, where_cond};
 pub(crate) use index::{gather, index_add, index_select, scatter_add};
 pub(crate) use norm::{cross_entropy_backward, cross_entropy_forward, norm_backward, norm_forward};
 pub(crate) use optim::{adam_update, sgd_update, sum_squares};
