@@ -53,41 +53,6 @@ __device__ __forceinline__ void load_param_pack(const T* p, int64_t pk, A fill, 
     }
 }
 
-// Most rows a block keeps in flight through its shared-memory ring (RowRing): the host picks 1 to
-// RING_STAGES stages so that a block's ring fits the device's shared memory.
-#define RING_STAGES 3
-
-// A block's ring of `stages` row slots in dynamic shared memory: slot s holds this thread's packs
-// pk = threadIdx.x + k·blockDim.x (k < kpu) of `arrays` rows (x and g for the backward), each thread
-// copying and later reading only its own packs, so the ring needs no barriers. Rows are fetched with
-// cp.async `stages` − 1 rows ahead of the one being computed: in flight without holding registers.
-template <typename T, int ARRAYS> struct RowRing {
-    typedef Pack<T> P;
-    P* ring;
-    int64_t np;
-    int kpu, stages;
-    __device__ RowRing(P* shared, int64_t n, int stages_) : ring(shared), np(n / P::N), stages(stages_) {
-        kpu = (int)((np + blockDim.x - 1) / blockDim.x);
-    }
-    __device__ P* at(int slot, int a, int k) const {
-        return ring + (((int64_t)slot * ARRAYS + a) * kpu + k) * blockDim.x + threadIdx.x;
-    }
-    // Starts copying row r of each array into `slot` (nothing past the last row) and commits the group:
-    // one group per call, so the wait below counts rows.
-    __device__ void fetch(const T* const (&src)[ARRAYS], int64_t r, int64_t rows, int slot) {
-        if (r < rows)
-            for (int k = 0; k < kpu; ++k) {
-                int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
-                if (pk < np)
-#pragma unroll
-                    for (int a = 0; a < ARRAYS; ++a) async_copy16(at(slot, a, k), src[a] + (r * np + pk) * P::N);
-            }
-        async_commit();
-    }
-    // Waits for the oldest row in flight: all but the newest stages − 1 groups.
-    __device__ void wait_oldest() const { async_wait_newest(stages - 1); }
-};
-
 // Forward for rows that fit the ring, in blocks that stay resident and walk rows blockIdx.x, +gridDim.x,
 // ...: each row is read once, and the next stages − 1 rows are in flight while this one is reduced and
 // written. A block per row with the row in registers kept in flight only the rows of blocks being started

@@ -14,8 +14,10 @@ KS(f32, float) KS(f64, double) KS(bf16, bf16) KS(f16, f16)
 // Forward over `rows` rows of n; x starts `shift` elements past an aligned address (a view's offset).
 // mask: row 0 gets some -inf entries and, with 3+ rows, row 1 is all -inf (NaN output, as on the CPU).
 // t > 0: the causal mask of t-row score matrices, row r seeing its first min(n, r % t + off + 1) columns.
+// The ring kernel's launch (softmax.rs): as many blocks as the GPU holds (here `resident`), up to
+// RING_STAGES rows of shared memory each within `ring_limit` bytes; 0 stages falls back to the plain kernel.
 template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shift, bool mask, int64_t t = 0,
-                                   int64_t off = 0) {
+                                   int64_t off = 0, size_t resident = 1000, size_t ring_limit = 227 * 1024) {
     Buf<T> x(rows * n, shift), y(rows * n);
     x.fill_random(-4, 4);
     if (mask) {
@@ -23,8 +25,13 @@ template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shi
         if (rows >= 3) for (int64_t j = 0; j < n; ++j) x[n + j] = from_d<T>(-INFINITY);
     }
     unsigned th = cached_row_threads(n, sizeof(T), {x.ptr(), y.ptr()});
-    const char* kn = th ? "softmax_rows" : "softmax";
-    if (th) emu::launch(dim3(rows), dim3(th), K<T>::rows, x.ptr(), y.ptr(), n, log_, t, off);
+    size_t stage = th ? ((n / (16 / sizeof(T)) + th - 1) / th) * th * 16 : 0;
+    int stages = th ? (int)std::min<size_t>(RING_STAGES, ring_limit / stage) : 0;
+    char kn[48];
+    snprintf(kn, sizeof kn, stages ? "softmax_rows(stages=%d)" : "softmax", stages);
+    if (stages)
+        emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(th), stages * stage, K<T>::rows, x.ptr(), y.ptr(),
+                           rows, n, log_, t, off, stages);
     else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::plain, x.ptr(), y.ptr(), n, log_, t, off);
     std::vector<double> ref(rows * n);
     for (int64_t r = 0; r < rows; ++r) {
@@ -84,6 +91,11 @@ template <typename T> void all() {
         forward<T>(100, 9, log_, 0, false, 3, 95);
         forward<T>(1000, 7, log_, 1, true, 7, 500);
         forward<T>(10000, 3, log_, 0, false, 3, 4096);
+        // Blocks walking rows through rings of 1, 2 and 3 stages (3 blocks over 20 rows), causal included.
+        for (size_t st = 1; st <= 3; ++st) {
+            forward<T>(256, 20, log_, 0, true, 0, 0, 3, st * 256 * sizeof(T));
+            forward<T>(256, 20, log_, 0, false, 5, 0, 3, st * 256 * sizeof(T));
+        }
         for (int64_t n : {64, 100, 1001, 4096}) backward<T>(n, 4, log_);
     }
 }

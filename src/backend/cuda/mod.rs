@@ -20,6 +20,7 @@ mod optim;
 mod profile;
 mod random;
 mod reduce;
+mod ring;
 mod softmax;
 mod storage;
 

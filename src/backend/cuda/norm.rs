@@ -1,6 +1,7 @@
 //! Launchers for kernels/norm.cu (layer/RMS norm) and kernels/loss.cu (cross-entropy from logits).
 
-use super::device::{launch, launch_shared, CudaDevice};
+use super::device::{launch, launch_shared};
+use super::ring::ring_plan;
 use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
@@ -22,31 +23,6 @@ fn fused_threads(n: usize, dtype: DType, ptrs: &[u64]) -> Option<u32> {
         && n <= FUSED_VALS * FUSED_THREADS
         && ptrs.iter().all(|p| p.is_multiple_of(16));
     fits.then(|| (n.div_ceil(FUSED_VALS).div_ceil(32) * 32).clamp(32, FUSED_THREADS) as u32)
-}
-
-/// Most rows a block of the ring kernels keeps in shared memory (RING_STAGES in kernels/norm.cu).
-const RING_STAGES: usize = 3;
-
-/// Stages and bytes of dynamic shared memory for the row ring (RowRing in kernels/norm.cu) of kernel
-/// `name`: `arrays` rows of n values per stage, each of `threads` threads holding ceil(packs / threads)
-/// 16-byte packs; as many stages as the device lets one block have, up to RING_STAGES. None when not even
-/// one stage fits (f64 rows of 8192 values on an A100 do not).
-fn ring_plan(
-    dev: &CudaDevice,
-    name: &'static str,
-    n: usize,
-    dtype: DType,
-    threads: u32,
-    arrays: usize,
-) -> Result<Option<(i32, usize)>> {
-    let packs = n / (16 / dtype.size_in_bytes());
-    let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
-    let stages = (dev.max_dynamic_shared(name)? / stage.max(1)).min(RING_STAGES);
-    if stages == 0 {
-        return Ok(None);
-    }
-    dev.allow_dynamic_shared(name, stages * stage)?;
-    Ok(Some((stages as i32, stages * stage)))
 }
 
 /// Grid of the weight/bias finish kernels (block (32, 8)): one block per 32 columns.

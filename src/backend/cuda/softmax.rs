@@ -1,7 +1,8 @@
 //! Launchers for kernels/softmax.cu: one block per row, block width from the row length.
 
-use super::device::launch;
+use super::device::{launch, launch_shared};
 use super::elementwise::cast;
+use super::ring::ring_plan;
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::backend::Causal;
 use crate::shape::Layout;
@@ -51,9 +52,14 @@ pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool, causal: Option<Cau
     // The kernels take the mask as (query rows per matrix, offset); 0 rows: no mask.
     let (mask_rows, offset) = causal.map_or((0i64, 0i64), |c| (c.rows as i64, c.offset as i64));
     if let Some(t) = cached_row_threads(n, x.dtype(), &[src, out.ptr()]) {
-        launch!(x.dev(), kname("softmax_rows", x.dtype()), (rows as u32, 1, 1), (t, 1, 1);
-            src, out.ptr(), n as i64, log as i32, mask_rows, offset)?;
-        return Ok(out);
+        // Resident blocks walking the rows, each with a ring of rows in flight.
+        let (dev, name) = (x.dev(), kname("softmax_rows", x.dtype()));
+        if let Some((stages, shared)) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
+            let blocks = dev.resident_blocks(name, t, shared)?.min(rows);
+            launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
+                src, out.ptr(), rows as i64, n as i64, log as i32, mask_rows, offset, stages)?;
+            return Ok(out);
+        }
     }
     launch!(x.dev(), kname("softmax", x.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
         src, out.ptr(), n as i64, log as i32, mask_rows, offset)?;
