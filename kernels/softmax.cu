@@ -114,6 +114,51 @@ __device__ void softmax_fwd_rows(const T* x, T* y, int64_t rows, int64_t n, int 
     }
 }
 
+// Backward for rows that fit the ring (as softmax_fwd_rows): y and g through a RowRing of both, Σ g·y
+// (Σ g for log-softmax) in one block reduction, dx written from the ring. Per-thread sums are f32 for
+// 16-bit rows (at most ROW_VALS values) and f64 otherwise, the block's sum f64, as softmax_bwd.
+template <typename T>
+__device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, int64_t n, int log_, int stages) {
+    typedef typename Acc<T>::type A;
+    typedef Pack<T> P;
+    typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
+    __shared__ double sh[32];
+    DYNAMIC_SHARED(P, shared);
+    RowRing<T, 2> ring(shared, n, stages);
+    const int64_t np = ring.np, step = gridDim.x;
+    const T* const src[2] = {y, g};
+    int64_t row = blockIdx.x;
+    for (int s = 0; s + 1 < stages; ++s) ring.fetch(src, row + s * step, rows, s);
+    for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
+        ring.fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
+        ring.wait_oldest();
+        S acc = 0;
+#pragma unroll
+        for (int k = 0; k < RowPacks<T>::P; ++k) {
+            if (threadIdx.x + (int64_t)k * blockDim.x >= np) continue;
+            P yv = *ring.at(slot, 0, k), gv = *ring.at(slot, 1, k);
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) {
+                A gi = to_acc<A>(gv.v[e]);
+                acc += log_ ? (S)gi : (S)(to_acc<A>(yv.v[e]) * gi);
+            }
+        }
+        A sum = (A)block_sum((double)acc, sh);
+#pragma unroll
+        for (int k = 0; k < RowPacks<T>::P; ++k) {
+            int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+            if (pk >= np) continue;
+            P yv = *ring.at(slot, 0, k), gv = *ring.at(slot, 1, k), out;
+#pragma unroll
+            for (int e = 0; e < P::N; ++e) {
+                A yi = to_acc<A>(yv.v[e]), gi = to_acc<A>(gv.v[e]);
+                out.v[e] = from_acc<T>(log_ ? gi - exp(yi) * sum : yi * (gi - sum));
+            }
+            reinterpret_cast<P*>(dx)[row * np + pk] = out;
+        }
+    }
+}
+
 #define SOFTMAX(S, T) \
     extern "C" __global__ void softmax_rows_##S(const T* x, T* y, int64_t rows, int64_t n, int log_, int64_t t, \
                                                 int64_t off, int stages) { \
@@ -121,5 +166,8 @@ __device__ void softmax_fwd_rows(const T* x, T* y, int64_t rows, int64_t n, int 
     extern "C" __global__ void ROW_BOUNDS softmax_##S(const T* x, T* y, int64_t n, int log_, int64_t t, int64_t off) { \
         softmax_fwd<T>(x, y, n, log_, t, off); } \
     extern "C" __global__ void ROW_BOUNDS softmax_backward_##S(const T* y, const T* g, T* dx, int64_t n, int log_) { \
-        softmax_bwd<T>(y, g, dx, n, log_); }
+        softmax_bwd<T>(y, g, dx, n, log_); } \
+    extern "C" __global__ void softmax_backward_rows_##S(const T* y, const T* g, T* dx, int64_t rows, int64_t n, int log_, \
+                                                         int stages) { \
+        softmax_bwd_rows<T>(y, g, dx, rows, n, log_, stages); }
 FOR_FLOATS(SOFTMAX)

@@ -8,7 +8,8 @@ using namespace chk;
 template <typename T> struct K;
 #define KS(S, T) \
     template <> struct K<T> { \
-        static constexpr auto rows = softmax_rows_##S, plain = softmax_##S, bwd = softmax_backward_##S; };
+        static constexpr auto rows = softmax_rows_##S, plain = softmax_##S, bwd = softmax_backward_##S, \
+                              bwd_rows = softmax_backward_rows_##S; };
 KS(f32, float) KS(f64, double) KS(bf16, bf16) KS(f16, f16)
 
 // Forward over `rows` rows of n; x starts `shift` elements past an aligned address (a view's offset).
@@ -52,7 +53,9 @@ template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shi
     compare(name, y.ptr(), ref, tol<T>());
 }
 
-template <typename T> void backward(int64_t n, int64_t rows, int log_) {
+// `ring_limit` > 0: the ring kernel (softmax_backward_rows) as softmax.rs launches it when the rows fit,
+// with `resident` blocks and as many of RING_STAGES stages (y and g rows each) as the limit holds.
+template <typename T> void backward(int64_t n, int64_t rows, int log_, size_t resident = 0, size_t ring_limit = 0) {
     Buf<T> y(rows * n), g(rows * n), dx(rows * n);
     g.fill_random(-1, 1);
     for (int64_t r = 0; r < rows; ++r) {  // y: a (log-)softmax of random logits
@@ -61,7 +64,13 @@ template <typename T> void backward(int64_t n, int64_t rows, int log_) {
         for (auto& v : e) s += (v = std::exp(uniform(-3, 3)));
         for (int64_t j = 0; j < n; ++j) y[r * n + j] = from_d<T>(log_ ? std::log(e[j] / s) : e[j] / s);
     }
-    emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::bwd, y.ptr(), g.ptr(), dx.ptr(), n, log_);
+    unsigned th = ring_limit ? cached_row_threads(n, sizeof(T), {y.ptr(), g.ptr(), dx.ptr()}) : 0;
+    size_t stage = th ? 2 * ((n / (16 / sizeof(T)) + th - 1) / th) * th * 16 : 0;
+    int stages = th ? (int)std::min<size_t>(RING_STAGES, ring_limit / stage) : 0;
+    if (stages)
+        emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(th), stages * stage, K<T>::bwd_rows, y.ptr(), g.ptr(),
+                           dx.ptr(), rows, n, log_, stages);
+    else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::bwd, y.ptr(), g.ptr(), dx.ptr(), n, log_);
     std::vector<double> ref(rows * n);
     for (int64_t r = 0; r < rows; ++r) {
         double acc = 0;
@@ -72,7 +81,8 @@ template <typename T> void backward(int64_t n, int64_t rows, int log_) {
         }
     }
     char name[160];
-    snprintf(name, sizeof name, "softmax_backward_%s n=%ld rows=%ld log=%d", tname<T>(), (long)n, (long)rows, log_);
+    snprintf(name, sizeof name, "softmax_backward%s_%s n=%ld rows=%ld log=%d stages=%d", stages ? "_rows" : "", tname<T>(),
+             (long)n, (long)rows, log_, stages);
     compare(name, dx.ptr(), ref, tol<T>());
 }
 
@@ -97,6 +107,9 @@ template <typename T> void all() {
             forward<T>(256, 20, log_, 0, false, 5, 0, 3, st * 256 * sizeof(T));
         }
         for (int64_t n : {64, 100, 1001, 4096}) backward<T>(n, 4, log_);
+        // The ring kernel: rings of 1 to 3 stages, 3 blocks over 11 rows; one-block-per-row widths.
+        for (size_t st = 1; st <= 3; ++st) backward<T>(256, 11, log_, 3, st * 2 * 256 * sizeof(T));
+        for (int64_t n : {64, 4096, 8192}) backward<T>(n, 5, log_, 1000, 227 * 1024);
     }
 }
 

@@ -30,7 +30,7 @@ pub fn kernel_names() -> Vec<String> {
         }
     };
     per(&mut v, &["unary", "softmax", "softmax_backward", "norm_forward", "norm_backward_x"], &FLOATS);
-    per(&mut v, &["softmax_rows", "norm_forward_rows", "norm_backward_x_rows"], &FLOATS);
+    per(&mut v, &["softmax_rows", "softmax_backward_rows", "norm_forward_rows", "norm_backward_x_rows"], &FLOATS);
     per(&mut v, &["norm_backward_wb_partial", "norm_backward_wb_finish"], &FLOATS);
     per(&mut v, &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal", "sum_squares"], &FLOATS);
     per(&mut v, &["binary", "binary_rows"], &["f32", "f64", "bf16", "f16", "i64"]);

@@ -77,6 +77,16 @@ pub(crate) fn softmax_backward(y: &CudaStorage, g: &CudaStorage, n: usize, log: 
         return Ok(out);
     }
     let rows = y.len() / n;
+    if let Some(t) = cached_row_threads(n, y.dtype(), &[y.ptr(), g.ptr(), out.ptr()]) {
+        // As the forward: resident blocks walking the rows, y and g through a ring.
+        let (dev, name) = (y.dev(), kname("softmax_backward_rows", y.dtype()));
+        if let Some((stages, shared)) = ring_plan(dev, name, n, y.dtype(), t, 2)? {
+            let blocks = dev.resident_blocks(name, t, shared)?.min(rows);
+            launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
+                y.ptr(), g.ptr(), out.ptr(), rows as i64, n as i64, log as i32, stages)?;
+            return Ok(out);
+        }
+    }
     launch!(y.dev(), kname("softmax_backward", y.dtype()), (rows as u32, 1, 1), (row_threads(n), 1, 1);
         y.ptr(), g.ptr(), out.ptr(), n as i64, log as i32)?;
     Ok(out)
