@@ -60,6 +60,12 @@ echo "benchmark (${bench_s}s, exit $bench_rc): median of 30 CUDA-event timings a
     END { for (r = 1; r <= n; r++) { line = ""; for (i = 1; i <= nf; i++) line = line sprintf("%-" w[i] "s  ", cell[r, i]); sub(/ +$/, "", line); print line } }'
 grep -q 'FAIL(' "$log/bench.txt" && bench_rc=1
 
+# The row-ring kernels (layer_norm, softmax) with no row fetched ahead (MUNJA_RING_STAGES=1), beside the
+# table above: how much the rows in flight are worth on this card.
+echo
+echo "row rings with one stage (MUNJA_RING_STAGES=1), for comparison with the rows above:"
+MUNJA_RING_STAGES=1 timeout 300 "$bin/gpu_bench" 2>&1 | grep '^RESULT|' | grep -E 'softmax|layer_norm' | cut -d'|' -f2-7 | tr '|' ' '
+
 # What Ddp adds to a training step at world size 1 (one-rank NCCL communicator when libnccl loads).
 echo
 timeout 300 "$bin/ddp_bench" 2>&1 | tee "$log/ddp_bench.txt"

@@ -7,9 +7,21 @@ use crate::{DType, Result};
 /// Most rows a block of the ring kernels keeps in shared memory (RING_STAGES in kernels/common.cuh).
 const RING_STAGES: usize = 3;
 
+/// RING_STAGES, or fewer through `MUNJA_RING_STAGES` (1 to 3; read once): 1 keeps no row in flight ahead
+/// of the one computed, which is how the ring kernels compare with plain row-per-block loading on one GPU.
+fn max_stages() -> usize {
+    static STAGES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| {
+        std::env::var("MUNJA_RING_STAGES")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(RING_STAGES, |s| s.clamp(1, RING_STAGES))
+    })
+}
+
 /// Stages and bytes of dynamic shared memory for the row ring (RowRing in kernels/common.cuh) of kernel
 /// `name`: `arrays` rows of n values per stage, each of `threads` threads holding ceil(packs / threads)
-/// 16-byte packs; as many stages as the device lets one block have, up to RING_STAGES. None when not even
+/// 16-byte packs; as many stages as the device lets one block have, up to `max_stages()`. None when not even
 /// one stage fits (f64 rows of 8192 values on an A100 do not).
 pub(crate) fn ring_plan(
     dev: &CudaDevice,
@@ -21,7 +33,7 @@ pub(crate) fn ring_plan(
 ) -> Result<Option<(i32, usize)>> {
     let packs = n / (16 / dtype.size_in_bytes());
     let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
-    let stages = (dev.max_dynamic_shared(name)? / stage.max(1)).min(RING_STAGES);
+    let stages = (dev.max_dynamic_shared(name)? / stage.max(1)).min(max_stages());
     if stages == 0 {
         return Ok(None);
     }
