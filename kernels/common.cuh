@@ -291,6 +291,19 @@ template <typename T, int ARRAYS> struct RowRing {
     }
     // Waits for the oldest row in flight: all but the newest stages − 1 groups.
     __device__ void wait_oldest() const { async_wait_newest(stages - 1); }
+    // Walks rows blockIdx.x, +gridDim.x, ... below `rows`, calling body(row, slot) once the row has
+    // landed in `slot`, with the next stages − 1 rows in flight meanwhile. A slot is refilled only after
+    // the body that read it has returned (its values used), so no read can see the next row's copy.
+    template <typename F> __device__ void walk(const T* const (&src)[ARRAYS], int64_t rows, F body) {
+        const int64_t step = gridDim.x;
+        int64_t row = blockIdx.x;
+        for (int s = 0; s + 1 < stages; ++s) fetch(src, row + s * step, rows, s);
+        for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
+            fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
+            wait_oldest();
+            body(row, slot);
+        }
+    }
 };
 
 // 2^x from the special-function unit (MUFU.EX2), results below 2^-126 flushed to 0. __expf is the same

@@ -58,7 +58,7 @@ __device__ __forceinline__ void load_param_pack(const T* p, int64_t pk, A fill, 
 // written. A block per row with the row in registers kept in flight only the rows of blocks being started
 // (the bf16 forward reached 69% of copy bandwidth on an H200). Weight and bias are read per row (L1 hits:
 // the rows bypass L1); held in registers, the compiler kept them widened, 119 registers for bf16 against
-// 47. Both statistics come from one block reduction of the sums of d = x − c and d², shifted by
+// 54. Both statistics come from one block reduction of the sums of d = x − c and d², shifted by
 // the row's first value c (0 for RMS) so that E[d²] − E[d]² does not cancel catastrophically: the
 // variance is E[d²] − E[d]², the mean c + E[d].
 template <typename T>
@@ -76,16 +76,11 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
     RowRing<T, 1> ring(shared, n, stages);
     const int64_t np = ring.np;
     const T* const src[1] = {x};
-    const int64_t step = gridDim.x;
-    int64_t row = blockIdx.x;
-    for (int s = 0; s + 1 < stages; ++s) ring.fetch(src, row + s * step, rows, s);
-    T c_next = row < rows ? x[row * n] : T();
-    for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
-        ring.fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
-        // The shift for this row was loaded one row ahead, like the row itself.
+    T c_next = blockIdx.x < rows ? x[blockIdx.x * n] : T();
+    ring.walk(src, rows, [&](int64_t row, int slot) {
+        // The shift for this row was loaded a row ahead.
         A c = rms ? (A)0 : to_acc<A>(c_next);
-        if (row + step < rows) c_next = x[(row + step) * n];
-        ring.wait_oldest();
+        if (row + gridDim.x < rows) c_next = x[(row + gridDim.x) * n];
         S ts = 0, tq = 0;
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
@@ -120,7 +115,7 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>((to_acc<A>(v.v[e]) - m) * qs * wv[e] + bv[e]);
             reinterpret_cast<P*>(y)[row * np + pk] = out;
         }
-    }
+    });
 }
 
 // Register-cached input gradient: x and g are read once each; Σd and Σd·h in one block reduction.
@@ -189,17 +184,12 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
 #pragma unroll
     for (int i = 0; i < FUSED_VALS; ++i) aw[i] = ab[i] = 0;
     const T* const src[2] = {x, g};
-    const int64_t step = gridDim.x;
-    int64_t row = blockIdx.x;
-    for (int s = 0; s + 1 < stages; ++s) ring.fetch(src, row + s * step, rows, s);
-    // The statistics are loaded one row ahead, like the rows.
+    // The statistics are loaded a row ahead.
     A nmu = 0, nrs = 0;
-    if (row < rows) nmu = mean[row], nrs = rstd[row];
-    for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
-        ring.fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
+    if (blockIdx.x < rows) nmu = mean[blockIdx.x], nrs = rstd[blockIdx.x];
+    ring.walk(src, rows, [&](int64_t row, int slot) {
         A mu = nmu, rs = nrs;
-        if (row + step < rows) nmu = mean[row + step], nrs = rstd[row + step];
-        ring.wait_oldest();
+        if (row + gridDim.x < rows) nmu = mean[row + gridDim.x], nrs = rstd[row + gridDim.x];
         A sd = 0, sdh = 0;
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
@@ -236,7 +226,7 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             }
             reinterpret_cast<P*>(dx)[row * np + pk] = out;
         }
-    }
+    });
 #pragma unroll
     for (int k = 0; k < KP; ++k) {
         int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;

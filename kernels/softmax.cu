@@ -66,13 +66,9 @@ __device__ void softmax_fwd_rows(const T* x, T* y, int64_t rows, int64_t n, int 
     __shared__ A sh[32];
     DYNAMIC_SHARED(P, shared);
     RowRing<T, 1> ring(shared, n, stages);
-    const int64_t np = ring.np, step = gridDim.x;
+    const int64_t np = ring.np;
     const T* const src[1] = {x};
-    int64_t row = blockIdx.x;
-    for (int s = 0; s + 1 < stages; ++s) ring.fetch(src, row + s * step, rows, s);
-    for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
-        ring.fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
-        ring.wait_oldest();
+    ring.walk(src, rows, [&](int64_t row, int slot) {
         // Causally masked columns count as −inf.
         const int64_t lim = visible_cols(row, n, t, off);
         A r[ROW_VALS];
@@ -111,7 +107,7 @@ __device__ void softmax_fwd_rows(const T* x, T* y, int64_t rows, int64_t n, int 
             for (int i = 0; i < ROW_VALS; ++i) r[i] = r[i] * inv;
         }
         store_row<T, A>(y + row * n, n, r);
-    }
+    });
 }
 
 // Backward for rows that fit the ring (as softmax_fwd_rows): y and g through a RowRing of both, Σ g·y
@@ -125,13 +121,9 @@ __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, in
     __shared__ double sh[32];
     DYNAMIC_SHARED(P, shared);
     RowRing<T, 2> ring(shared, n, stages);
-    const int64_t np = ring.np, step = gridDim.x;
+    const int64_t np = ring.np;
     const T* const src[2] = {y, g};
-    int64_t row = blockIdx.x;
-    for (int s = 0; s + 1 < stages; ++s) ring.fetch(src, row + s * step, rows, s);
-    for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
-        ring.fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
-        ring.wait_oldest();
+    ring.walk(src, rows, [&](int64_t row, int slot) {
         S acc = 0;
 #pragma unroll
         for (int k = 0; k < RowPacks<T>::P; ++k) {
@@ -156,7 +148,7 @@ __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, in
             }
             reinterpret_cast<P*>(dx)[row * np + pk] = out;
         }
-    }
+    });
 }
 
 #define SOFTMAX(S, T) \
