@@ -75,10 +75,10 @@ pub(crate) fn norm_forward(
     if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
         let name = kname("norm_forward_rows", x.dtype());
-        if let Some((stages, shared)) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
-            let blocks = dev.resident_blocks(name, t, shared)?.min(rows);
-            return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
-                x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, stages)
+        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
+            let blocks = plan.resident.min(rows);
+            return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
+                x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, plan.stages)
             .map(|_| (y, mean, rstd));
         }
     }
@@ -120,15 +120,15 @@ pub(crate) fn norm_backward(
         Some(t) if rows > 0 && (w.is_some() || has_bias) => ring_plan(dev, name, n, x.dtype(), t, 2)?.map(|r| (t, r)),
         _ => None,
     };
-    if let Some((t, (stages, shared))) = ring {
+    if let Some((t, plan)) = ring {
         // Fused: input gradient and per-block weight/bias partials in one pass over x and g, with as many
         // blocks as the GPU holds at once, each with a ring of rows in flight.
-        let blocks = dev.resident_blocks(name, t, shared)?.min(rows.div_ceil(FUSED_MIN_ROWS_PER_BLOCK)).max(1);
+        let blocks = plan.resident.min(rows.div_ceil(FUSED_MIN_ROWS_PER_BLOCK)).max(1);
         let (pw, pb) =
             (CudaStorage::alloc(dev, DType::F32, blocks * n)?, CudaStorage::alloc(dev, DType::F32, blocks * n)?);
-        launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
+        launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
             x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(), gx.ptr(), rows as i64, n as i64, rms as i32, pw.ptr(), pb.ptr(),
-            stages)?;
+            plan.stages)?;
         let gw = w.map(|_| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let gb = has_bias.then(|| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let (gwp, gbp) = (gw.as_ref().map_or(0, |s| s.ptr()), gb.as_ref().map_or(0, |s| s.ptr()));

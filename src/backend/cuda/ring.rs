@@ -19,10 +19,19 @@ fn max_stages() -> usize {
     })
 }
 
-/// Stages and bytes of dynamic shared memory for the row ring (RowRing in kernels/common.cuh) of kernel
-/// `name`: `arrays` rows of n values per stage, each of `threads` threads holding ceil(packs / threads)
-/// 16-byte packs; as many stages as the device lets one block have, up to `max_stages()`. None when not even
-/// one stage fits (f64 rows of 8192 values on an A100 do not).
+/// How a ring kernel launches: `stages` row slots taking `shared` bytes of dynamic shared memory per
+/// block, and the `resident` blocks of that size the whole device holds at once (the most the kernel's
+/// row walk can use).
+pub(crate) struct RingPlan {
+    pub(crate) stages: i32,
+    pub(crate) shared: usize,
+    pub(crate) resident: usize,
+}
+
+/// The plan for the row ring (RowRing in kernels/common.cuh) of kernel `name` in `threads`-thread
+/// blocks: `arrays` rows of n values per stage, each thread holding ceil(packs / threads) 16-byte packs;
+/// as many stages as the device lets one block have, up to `max_stages()`. None when not even one stage
+/// fits (f64 rows of 8192 values on an A100 do not).
 pub(crate) fn ring_plan(
     dev: &CudaDevice,
     name: &'static str,
@@ -30,13 +39,15 @@ pub(crate) fn ring_plan(
     dtype: DType,
     threads: u32,
     arrays: usize,
-) -> Result<Option<(i32, usize)>> {
+) -> Result<Option<RingPlan>> {
     let packs = n / (16 / dtype.size_in_bytes());
     let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
     let stages = (dev.max_dynamic_shared(name)? / stage.max(1)).min(max_stages());
     if stages == 0 {
         return Ok(None);
     }
-    dev.allow_dynamic_shared(name, stages * stage)?;
-    Ok(Some((stages as i32, stages * stage)))
+    let shared = stages * stage;
+    dev.allow_dynamic_shared(name, shared)?;
+    let resident = dev.resident_blocks(name, threads, shared)?;
+    Ok(Some(RingPlan { stages: stages as i32, shared, resident }))
 }

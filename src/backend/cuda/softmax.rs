@@ -54,10 +54,10 @@ pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool, causal: Option<Cau
     if let Some(t) = cached_row_threads(n, x.dtype(), &[src, out.ptr()]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
         let (dev, name) = (x.dev(), kname("softmax_rows", x.dtype()));
-        if let Some((stages, shared)) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
-            let blocks = dev.resident_blocks(name, t, shared)?.min(rows);
-            launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
-                src, out.ptr(), rows as i64, n as i64, log as i32, mask_rows, offset, stages)?;
+        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
+            let blocks = plan.resident.min(rows);
+            launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
+                src, out.ptr(), rows as i64, n as i64, log as i32, mask_rows, offset, plan.stages)?;
             return Ok(out);
         }
     }
@@ -80,10 +80,10 @@ pub(crate) fn softmax_backward(y: &CudaStorage, g: &CudaStorage, n: usize, log: 
     if let Some(t) = cached_row_threads(n, y.dtype(), &[y.ptr(), g.ptr(), out.ptr()]) {
         // As the forward: resident blocks walking the rows, y and g through a ring.
         let (dev, name) = (y.dev(), kname("softmax_backward_rows", y.dtype()));
-        if let Some((stages, shared)) = ring_plan(dev, name, n, y.dtype(), t, 2)? {
-            let blocks = dev.resident_blocks(name, t, shared)?.min(rows);
-            launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), shared as u32;
-                y.ptr(), g.ptr(), out.ptr(), rows as i64, n as i64, log as i32, stages)?;
+        if let Some(plan) = ring_plan(dev, name, n, y.dtype(), t, 2)? {
+            let blocks = plan.resident.min(rows);
+            launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
+                y.ptr(), g.ptr(), out.ptr(), rows as i64, n as i64, log as i32, plan.stages)?;
             return Ok(out);
         }
     }
