@@ -127,25 +127,37 @@ template <typename A> __device__ __forceinline__ A warp_max(A v) {
 template <typename A> __device__ A block_sum(A v, A* shared) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     v = warp_sum(v);
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? shared[lane] : (A)0;
-    v = warp_sum(v);
+    // One warp (the short rows of attention): the shuffles already gave every lane the sum.
+    if (nwarps > 1) {
+        if (lane == 0) shared[warp] = v;
+        __syncthreads();
+        v = lane < nwarps ? shared[lane] : (A)0;
+        v = warp_sum(v);
+    }
     __syncthreads();
     return v;
 }
 
 // Sums two values over a block in one round of barriers (a pair of reductions costs what one does);
 // every thread gets both results. `shared` needs 32 slots. Ends with a barrier, as block_sum.
+__device__ __forceinline__ void block_sum2_of_warps(double& a, double& b, double2* shared);
 __device__ __forceinline__ void block_sum2(double& a, double& b, double2* shared) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     a = warp_sum(a);
     b = warp_sum(b);
-    if (lane == 0) shared[warp] = make_double2(a, b);
-    __syncthreads();
-    double2 v = lane < nwarps ? shared[lane] : make_double2(0.0, 0.0);
-    a = warp_sum(v.x);
-    b = warp_sum(v.y);
+    block_sum2_of_warps(a, b, shared);
+}
+
+// block_sum2 of values each warp has already summed (every lane holding its warp's sums): the
+// cross-warp step alone. Ends with a barrier, as block_sum.
+__device__ __forceinline__ void block_sum2_of_warps(double& a, double& b, double2* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (nwarps > 1) {
+        if (lane == 0) shared[warp] = make_double2(a, b);
+        __syncthreads();
+        double2 v = lane < nwarps ? shared[lane] : make_double2(0.0, 0.0);
+        a = warp_sum(v.x);
+        b = warp_sum(v.y);
+    }
     __syncthreads();
 }
 
@@ -158,17 +170,27 @@ __device__ __forceinline__ void block_sum2(double& a, double& b, double2* shared
     T* name = reinterpret_cast<T*>(munja_dynamic_shared)
 #endif
 
-// Asynchronous 16-byte copies from global to shared memory (cp.async, sm_80+), bypassing L1: data in
-// flight this way holds no registers, so a block can keep whole rows in flight ahead of the one it
-// computes on. Copies issued between two async_commit() calls form a group; async_wait<N>() returns once
-// all but this thread's newest N groups have landed (in this thread's view: other threads' copies need a
-// barrier as well).
-__device__ __forceinline__ void async_copy16(void* smem, const void* gmem) {
+// Asynchronous 16-byte copies from global to the dynamic shared memory (cp.async, sm_80+), bypassing L1:
+// data in flight this way holds no registers, so a block can keep whole rows in flight ahead of the one
+// it computes on. The copy takes the destination as a byte offset in the shared window (shared_offset of
+// a pointer into it): the row rings keep one base offset a thread and add constants, where a generic
+// pointer needed its conversion to the window redone at every copy. Copies issued between two
+// async_commit() calls form a group; async_wait<N>() returns once all but this thread's newest N groups
+// have landed (in this thread's view: other threads' copies need a barrier as well).
+__device__ __forceinline__ unsigned shared_offset(const void* p) {
 #if defined(MUNJA_EMU)
-    emu::async_copy(smem, gmem, 16);
+    return (unsigned)((const char*)p - (const char*)emu::dynamic_shared());
 #elif defined(__CUDA_ARCH__)
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+    return (unsigned)__cvta_generic_to_shared(p);
+#else
+    return 0;
+#endif
+}
+__device__ __forceinline__ void async_copy16_at(unsigned offset, const void* gmem) {
+#if defined(MUNJA_EMU)
+    emu::async_copy((char*)emu::dynamic_shared() + offset, gmem, 16);
+#elif defined(__CUDA_ARCH__)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(offset), "l"(gmem) : "memory");
 #endif
 }
 __device__ __forceinline__ void async_commit() {
@@ -185,11 +207,19 @@ template <int N> __device__ __forceinline__ void async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
-// async_wait for a pipeline depth known only at run time (0, 1 or 2 newer groups may stay in flight).
+// async_wait for a pipeline depth known only at run time (0 to RING_STAGES − 1 newer groups may stay in
+// flight).
 __device__ __forceinline__ void async_wait_newest(int n) {
-    if (n <= 0) async_wait<0>();
-    else if (n == 1) async_wait<1>();
-    else async_wait<2>();
+    switch (n) {
+        case 0: async_wait<0>(); break;
+        case 1: async_wait<1>(); break;
+        case 2: async_wait<2>(); break;
+        case 3: async_wait<3>(); break;
+        case 4: async_wait<4>(); break;
+        case 5: async_wait<5>(); break;
+        case 6: async_wait<6>(); break;
+        default: async_wait<7>(); break;
+    }
 }
 
 // 16 bytes of T: the unit of the 128-bit loads and stores of the contiguous fast paths.
@@ -204,10 +234,12 @@ __device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p 
 template <typename A> __device__ A block_max(A v, A* shared) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     v = warp_max(v);
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? shared[lane] : (A)-INFINITY;
-    v = warp_max(v);
+    if (nwarps > 1) {
+        if (lane == 0) shared[warp] = v;
+        __syncthreads();
+        v = lane < nwarps ? shared[lane] : (A)-INFINITY;
+        v = warp_max(v);
+    }
     __syncthreads();
     return v;
 }
@@ -217,6 +249,11 @@ template <typename A> __device__ A block_max(A v, A* shared) {
 // uses them when n is a multiple of the pack width and n <= ROW_VALS * 1024.
 #define ROW_VALS 32
 template <typename T> struct RowPacks { static const int P = ROW_VALS / Pack<T>::N; };
+// Those kernels run at most 256 threads a block (ROW_THREADS_MAX in softmax.rs). Blocks a multiprocessor
+// must hold at that width, bounding registers: 64 for 16-bit rows, 80 for f32 (32 values a thread in
+// either), none for f64, whose 32 values alone take 64 registers.
+#define ROW_CACHED_THREADS 256
+template <typename T> constexpr int row_cached_blocks() { return sizeof(T) == 2 ? 4 : sizeof(T) == 4 ? 3 : 1; }
 
 // Loads this thread's packs of row `x` (n / Pack::N packs in total) widened to A; missing ones are `fill`.
 template <typename T, typename A>
@@ -258,49 +295,68 @@ __device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS
     }
 }
 
-// Most rows a block keeps in flight through its shared-memory ring (RowRing): the host picks 1 to
-// RING_STAGES stages so that a block's ring fits the device's shared memory.
-#define RING_STAGES 3
+// Most rows a block keeps in its shared-memory ring (RowRing): the host picks 1 to RING_STAGES stages
+// (ring_plan in src/backend/cuda/ring.rs); async_wait_newest covers them all.
+#define RING_STAGES 8
 
 // A block's ring of `stages` row slots in dynamic shared memory: slot s holds this thread's packs
 // pk = threadIdx.x + k·blockDim.x (k < kpu) of `arrays` rows (x and g for the backward), each thread
 // copying and later reading only its own packs, so the ring needs no barriers. Rows are fetched with
 // cp.async `stages` − 1 rows ahead of the one being computed: in flight without holding registers.
+// stages = 0 is the direct mode: no ring, each row's packs loaded from global memory where the body reads
+// them (the host then launches a block per row, and the GPU's block scheduler keeps rows in flight).
 template <typename T, int ARRAYS> struct RowRing {
     typedef Pack<T> P;
-    P* ring;
+    P* mine;  // this thread's first pack in the ring
+    const P* src[ARRAYS];
     int64_t np;
     int kpu, stages;
-    __device__ RowRing(P* shared, int64_t n, int stages_) : ring(shared), np(n / P::N), stages(stages_) {
+    unsigned base;  // shared_offset(mine)
+    int k_bytes, a_bytes, slot_bytes;
+    __device__ RowRing(P* shared, const T* const (&src_)[ARRAYS], int64_t n, int stages_)
+        : mine(shared + threadIdx.x), np(n / P::N), stages(stages_) {
         kpu = (int)((np + blockDim.x - 1) / blockDim.x);
+#pragma unroll
+        for (int a = 0; a < ARRAYS; ++a) src[a] = reinterpret_cast<const P*>(src_[a]);
+        base = shared_offset(mine);
+        k_bytes = blockDim.x * (int)sizeof(P);
+        a_bytes = kpu * k_bytes;
+        slot_bytes = ARRAYS * a_bytes;
     }
-    __device__ P* at(int slot, int a, int k) const {
-        return ring + (((int64_t)slot * ARRAYS + a) * kpu + k) * blockDim.x + threadIdx.x;
+    // This thread's pack k of array a of `row`, which walk() handed to the body with `slot`.
+    __device__ P get(int64_t row, int slot, int a, int k) const {
+        if (stages == 0) return src[a][row * np + threadIdx.x + (int64_t)k * blockDim.x];
+        return mine[((slot * ARRAYS + a) * kpu + k) * (int)blockDim.x];
     }
     // Starts copying row r of each array into `slot` (nothing past the last row) and commits the group:
-    // one group per call, so the wait below counts rows.
-    __device__ void fetch(const T* const (&src)[ARRAYS], int64_t r, int64_t rows, int slot) {
-        if (r < rows)
-            for (int k = 0; k < kpu; ++k) {
-                int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
-                if (pk < np)
+    // one group per call, so the wait below counts rows. KP: the most packs a thread has (kpu ≤ KP).
+    template <int KP> __device__ void fetch(int64_t r, int64_t rows, int slot) {
+        if (r < rows) {
+            const unsigned at = base + slot * slot_bytes;
 #pragma unroll
-                    for (int a = 0; a < ARRAYS; ++a) async_copy16(at(slot, a, k), src[a] + (r * np + pk) * P::N);
-            }
+            for (int k = 0; k < KP; ++k)
+                if (threadIdx.x + k * blockDim.x < np)
+#pragma unroll
+                    for (int a = 0; a < ARRAYS; ++a)
+                        async_copy16_at(at + a * a_bytes + k * k_bytes, src[a] + r * np + threadIdx.x + k * blockDim.x);
+        }
         async_commit();
     }
-    // Waits for the oldest row in flight: all but the newest stages − 1 groups.
-    __device__ void wait_oldest() const { async_wait_newest(stages - 1); }
     // Walks rows blockIdx.x, +gridDim.x, ... below `rows`, calling body(row, slot) once the row has
     // landed in `slot`, with the next stages − 1 rows in flight meanwhile. A slot is refilled only after
     // the body that read it has returned (its values used), so no read can see the next row's copy.
-    template <typename F> __device__ void walk(const T* const (&src)[ARRAYS], int64_t rows, F body) {
+    template <int KP, typename F> __device__ void walk(int64_t rows, F body) {
         const int64_t step = gridDim.x;
         int64_t row = blockIdx.x;
-        for (int s = 0; s + 1 < stages; ++s) fetch(src, row + s * step, rows, s);
+        if (stages == 0) {
+            for (; row < rows; row += step) body(row, 0);
+            return;
+        }
+        for (int s = 0; s + 1 < stages; ++s) fetch<KP>(row + s * step, rows, s);
         for (int slot = 0; row < rows; row += step, slot = slot + 1 == stages ? 0 : slot + 1) {
-            fetch(src, row + (stages - 1) * step, rows, (slot + stages - 1) % stages);
-            wait_oldest();
+            fetch<KP>(row + (stages - 1) * step, rows, slot == 0 ? stages - 1 : slot - 1);
+            // The oldest row in flight: all but the newest stages − 1 groups.
+            async_wait_newest(stages - 1);
             body(row, slot);
         }
     }

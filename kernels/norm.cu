@@ -73,11 +73,11 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
     typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
     __shared__ double2 sh[32];
     DYNAMIC_SHARED(P, shared);
-    RowRing<T, 1> ring(shared, n, stages);
-    const int64_t np = ring.np;
     const T* const src[1] = {x};
+    RowRing<T, 1> ring(shared, src, n, stages);
+    const int64_t np = ring.np;
     T c_next = blockIdx.x < rows ? x[blockIdx.x * n] : T();
-    ring.walk(src, rows, [&](int64_t row, int slot) {
+    ring.template walk<KP>(rows, [&](int64_t row, int slot) {
         // The shift for this row was loaded a row ahead.
         A c = rms ? (A)0 : to_acc<A>(c_next);
         if (row + gridDim.x < rows) c_next = x[(row + gridDim.x) * n];
@@ -85,7 +85,7 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
             if (threadIdx.x + (int64_t)k * blockDim.x >= np) continue;
-            P v = *ring.at(slot, 0, k);
+            P v = ring.get(row, slot, 0, k);
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
                 S d = (S)(to_acc<A>(v.v[e]) - c);
@@ -110,7 +110,7 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             A wv[P::N], bv[P::N];
             load_param_pack<T, A>(w, pk, (A)1, wv);
             load_param_pack<T, A>(b, pk, (A)0, bv);
-            P v = *ring.at(slot, 0, k), out;
+            P v = ring.get(row, slot, 0, k), out;
 #pragma unroll
             for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>((to_acc<A>(v.v[e]) - m) * qs * wv[e] + bv[e]);
             reinterpret_cast<P*>(y)[row * np + pk] = out;
@@ -176,20 +176,24 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
     typedef typename Acc<T>::type A;
     typedef Pack<T> P;
     const int KP = FUSED_VALS / P::N;
+    const bool SHORT = sizeof(T) == 2;
     __shared__ double2 sh[32];
     DYNAMIC_SHARED(P, shared);
-    RowRing<T, 2> ring(shared, n, stages);
+    const T* const src[2] = {x, g};
+    RowRing<T, 2> ring(shared, src, n, stages);
     const int64_t np = ring.np;
     A aw[FUSED_VALS], ab[FUSED_VALS];
 #pragma unroll
     for (int i = 0; i < FUSED_VALS; ++i) aw[i] = ab[i] = 0;
-    const T* const src[2] = {x, g};
     // The statistics are loaded a row ahead.
     A nmu = 0, nrs = 0;
     if (blockIdx.x < rows) nmu = mean[blockIdx.x], nrs = rstd[blockIdx.x];
-    ring.walk(src, rows, [&](int64_t row, int slot) {
+    ring.template walk<KP>(rows, [&](int64_t row, int slot) {
         A mu = nmu, rs = nrs;
         if (row + gridDim.x < rows) nmu = mean[row + gridDim.x], nrs = rstd[row + gridDim.x];
+        // 16-bit rows (SHORT): h = x·rs − μ·rs in one FFMA, whose rounding (|x·rs| ulps of f32) stays far
+        // below the 8-11 bits the outputs keep; f32 rows subtract first.
+        const A mrs = -mu * rs;
         A sd = 0, sdh = 0;
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
@@ -197,11 +201,12 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             if (pk >= np) continue;
             A wv[P::N];
             load_param_pack<T, A>(w, pk, (A)1, wv);
-            P xv = *ring.at(slot, 0, k), gv = *ring.at(slot, 1, k);
+            P xv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k);
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
                 int i = k * P::N + e;
-                A h = (to_acc<A>(xv.v[e]) - mu) * rs, d = to_acc<A>(gv.v[e]);
+                A xe = to_acc<A>(xv.v[e]), d = to_acc<A>(gv.v[e]);
+                A h = SHORT ? fma(xe, rs, mrs) : (xe - mu) * rs;
                 aw[i] += d * h;
                 ab[i] += d;
                 d = d * wv[e];
@@ -209,20 +214,38 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
                 sdh += d * h;
             }
         }
-        double tsd = sd, tsdh = sdh;
-        block_sum2(tsd, tsdh, sh);
+        // The row sums: across a warp in f32 for 16-bit rows (at most 32 × FUSED_VALS values), in f64
+        // otherwise; across warps in f64.
+        double tsd, tsdh;
+        if (SHORT) {
+            sd = warp_sum(sd), sdh = warp_sum(sdh);
+            tsd = sd, tsdh = sdh;
+            block_sum2_of_warps(tsd, tsdh, sh);
+        } else {
+            tsd = sd, tsdh = sdh;
+            block_sum2(tsd, tsdh, sh);
+        }
         A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
+        // dx = rs·(g·w − mean_d − h·mean_dh). For 16-bit rows, expanded to (rs·w)·g + c1·x + c0 with
+        // c1 = −rs²·mean_dh and c0 = −rs·mean_d − c1·μ: two FFMAs and a multiply a value. Where |μ| ≫ the
+        // row's spread, c1·x and c0 cancel, losing log2(|μ|·rs) bits of f32's 24, still below bf16's 8.
+        const A c1 = -rs * rs * mean_dh, c0 = -rs * mean_d - c1 * mu;
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
             A wv[P::N];
             load_param_pack<T, A>(w, pk, (A)1, wv);
-            P xv = *ring.at(slot, 0, k), gv = *ring.at(slot, 1, k), out;
+            P xv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k), out;
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
-                A h = (to_acc<A>(xv.v[e]) - mu) * rs, d = to_acc<A>(gv.v[e]) * wv[e];
-                out.v[e] = from_acc<T>(rs * (d - mean_d - h * mean_dh));
+                A xe = to_acc<A>(xv.v[e]), ge = to_acc<A>(gv.v[e]);
+                if (SHORT) {
+                    out.v[e] = from_acc<T>(fma(rs * wv[e], ge, fma(c1, xe, c0)));
+                } else {
+                    A h = (xe - mu) * rs, d = ge * wv[e];
+                    out.v[e] = from_acc<T>(rs * (d - mean_d - h * mean_dh));
+                }
             }
             reinterpret_cast<P*>(dx)[row * np + pk] = out;
         }
@@ -340,9 +363,18 @@ __device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, i
 FOR_FLOATS(NORM)
 
 // The fused backward: f32/bf16/f16 only (f64 would need twice the registers). At most FUSED_THREADS
-// threads, so the compiler keeps each thread within 65536 / FUSED_THREADS registers and every launch fits.
+// threads, and each thread within 65536 / FUSED_THREADS registers (FUSED_BOUNDS), so every launch fits.
+// Registers of the fused backward: at most 80 on sm_90, so that three 256-thread blocks share an SM (at
+// 85 only two did, and the bf16 backward ran at 62% of copy bandwidth on an H200, 16 warps an SM); on
+// older GPUs the bound FUSED_THREADS sets (sm_80 spills at 80). The kernels compile for the device only,
+// one architecture at a time, so the two declarations never meet.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FUSED_BOUNDS __maxnreg__(80)
+#else
+#define FUSED_BOUNDS __launch_bounds__(FUSED_THREADS)
+#endif
 #define NORM_FUSED(S, T) \
-    extern "C" __global__ void __launch_bounds__(FUSED_THREADS) norm_backward_fused_rows_##S( \
+    extern "C" __global__ void FUSED_BOUNDS norm_backward_fused_rows_##S( \
         const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
         int64_t n, int rms, float* pw, float* pb, int stages) { \
         norm_bwd_fused_rows<T>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb, stages); } \

@@ -52,12 +52,77 @@ template <typename T> __device__ void softmax_bwd(const T* y, const T* g, T* dx,
     }
 }
 
-// Register-cached variant for rows that fit (see load_row), in resident blocks walking rows
-// blockIdx.x, +gridDim.x, ... through a ring of rows in shared memory (RowRing in common.cuh), fetched
-// stages − 1 rows ahead: a block per row kept only the rows of blocks being started in flight (bf16 at
-// 4096 wide reached 78% of copy bandwidth on an H200; attention's 256-wide rows, one 32-thread block
-// each, about 1.1 TB/s). Each row is widened into registers from the ring, max and sum-exp come from
-// block reductions, and the row is written once.
+// One row of the register-cached forward (softmax_fwd_rows): KP packs per thread, the row's packs over the
+// block rounded up; CAUSAL masks the columns past visible_cols as −inf. The max skips NaN (fmax), which
+// reaches the sum through its exp instead; exp(r − m) is fast_exp (the hardware ex2 for f32 and 16-bit
+// rows). A row whose max is −inf (nothing visible but −inf) gets NaN throughout from −inf − (−inf), as on
+// the CPU; masked columns otherwise come out exp(−inf) = 0 (−inf for log-softmax).
+template <typename T, int KP, bool CAUSAL>
+__device__ __forceinline__ void softmax_row(const RowRing<T, 1>& ring, int64_t row, int slot, T* y, int64_t n,
+                                            int log_, int64_t vis_cols, typename Acc<T>::type* sh) {
+    typedef typename Acc<T>::type A;
+    typedef Pack<T> P;
+    const int np = (int)ring.np;
+    // Columns at or past `vis` count as −inf: the masked ones, and those of packs past the row's end.
+    const int vis = CAUSAL ? (int)vis_cols : (int)n;
+    A r[KP * P::N];
+#pragma unroll
+    for (int k = 0; k < KP; ++k) {
+        const int pk = threadIdx.x + k * blockDim.x;
+        P v{};
+        if (pk < np) v = ring.get(row, slot, 0, k);
+        const int left = vis - pk * P::N;
+#pragma unroll
+        for (int e = 0; e < P::N; ++e) r[k * P::N + e] = e < left ? to_acc<A>(v.v[e]) : (A)-INFINITY;
+    }
+    A m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < KP * P::N; ++i) m = fmax(m, r[i]);
+    m = block_max(m, sh);
+    A s0 = 0, s1 = 0;
+#pragma unroll
+    for (int i = 0; i < KP * P::N; i += 2) {
+        A e0 = fast_exp(r[i] - m), e1 = fast_exp(r[i + 1] - m);
+        s0 += e0, s1 += e1;
+        if (!log_) r[i] = e0, r[i + 1] = e1;
+    }
+    const A s = block_sum(s0 + s1, sh);
+    const A shift = log_ ? m + log(s) : (A)0, scale = log_ ? (A)1 : (A)1 / s;
+#pragma unroll
+    for (int k = 0; k < KP; ++k) {
+        const int pk = threadIdx.x + k * blockDim.x;
+        if (pk >= np) continue;
+        P out;
+#pragma unroll
+        for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>((r[k * P::N + e] - shift) * scale);
+        reinterpret_cast<P*>(y)[row * np + pk] = out;
+    }
+}
+
+template <typename T, int KP, bool CAUSAL>
+__device__ void softmax_walk(RowRing<T, 1>& ring, T* y, int64_t rows, int64_t n, int log_, int64_t t, int64_t off,
+                             typename Acc<T>::type* sh) {
+    // The row's position in its score matrix (row % t) follows the walk's steps of gridDim.x rows: a 64-bit
+    // remainder is a software routine of ~100 instructions, as many as a 256-wide row's whole softmax.
+    int64_t pos = CAUSAL ? (int64_t)blockIdx.x % t : 0;
+    const int64_t advance = CAUSAL ? (int64_t)gridDim.x % t : 0;
+    ring.template walk<KP>(rows, [&](int64_t row, int slot) {
+        const int64_t vis = CAUSAL ? (pos + off + 1 < n ? pos + off + 1 : n) : n;
+        softmax_row<T, KP, CAUSAL>(ring, row, slot, y, n, log_, vis, sh);
+        if (CAUSAL) {
+            pos += advance;
+            if (pos >= t) pos -= t;
+        }
+    });
+}
+
+// Register-cached variant for rows that fit (cached_row_threads in softmax.rs: at most ROW_VALS values a
+// thread), in resident blocks walking rows blockIdx.x, +gridDim.x, ... through a ring of rows in shared
+// memory (RowRing in common.cuh), fetched stages − 1 rows ahead, or a block per row loading directly
+// (stages = 0). Each row is widened into registers, max and sum-exp come from block reductions, and the
+// row is written once. Instantiated for 1, 2 and ROW_VALS / Pack::N packs a thread, masked or not: the
+// 256-wide rows of attention have one pack a thread, and looping over the full ROW_VALS there (masked
+// values included) made the kernel issue-bound at 15% of copy bandwidth on an H200.
 template <typename T>
 __device__ void softmax_fwd_rows(const T* x, T* y, int64_t rows, int64_t n, int log_, int64_t t, int64_t off,
                                  int stages) {
@@ -65,49 +130,18 @@ __device__ void softmax_fwd_rows(const T* x, T* y, int64_t rows, int64_t n, int 
     typedef Pack<T> P;
     __shared__ A sh[32];
     DYNAMIC_SHARED(P, shared);
-    RowRing<T, 1> ring(shared, n, stages);
-    const int64_t np = ring.np;
     const T* const src[1] = {x};
-    ring.walk(src, rows, [&](int64_t row, int slot) {
-        // Causally masked columns count as −inf.
-        const int64_t lim = visible_cols(row, n, t, off);
-        A r[ROW_VALS];
-#pragma unroll
-        for (int k = 0; k < RowPacks<T>::P; ++k) {
-            int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
-            P v;
-            if (pk < np) v = *ring.at(slot, 0, k);
-#pragma unroll
-            for (int e = 0; e < P::N; ++e)
-                r[k * P::N + e] = pk < np && pk * P::N + e < lim ? to_acc<A>(v.v[e]) : (A)-INFINITY;
-        }
-        A m = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < ROW_VALS; ++i) m = r[i] > m ? r[i] : m;
-        m = block_max(m, sh);
-        A s = 0;
-        if (m != -INFINITY) {
-#pragma unroll
-            for (int i = 0; i < ROW_VALS; ++i) {
-                A e = r[i] == -INFINITY ? (A)0 : exp(r[i] - m);
-                s += e;
-                if (!log_) r[i] = e;
-            }
-        }
-        s = block_sum(s, sh);
-        if (log_) {
-            A lse = m + log(s);
-#pragma unroll
-            for (int i = 0; i < ROW_VALS; ++i) r[i] = r[i] - lse;
-        } else {
-            A inv = (A)1 / s;
-            // A fully masked row (m = -inf, s = 0) gives NaN, as on the CPU.
-            if (m == -INFINITY) inv = NAN;
-#pragma unroll
-            for (int i = 0; i < ROW_VALS; ++i) r[i] = r[i] * inv;
-        }
-        store_row<T, A>(y + row * n, n, r);
-    });
+    RowRing<T, 1> ring(shared, src, n, stages);
+    const int full = RowPacks<T>::P;
+    if (t > 0) {
+        if (ring.kpu == 1) softmax_walk<T, 1, true>(ring, y, rows, n, log_, t, off, sh);
+        else if (ring.kpu == 2) softmax_walk<T, 2, true>(ring, y, rows, n, log_, t, off, sh);
+        else softmax_walk<T, full, true>(ring, y, rows, n, log_, t, off, sh);
+    } else {
+        if (ring.kpu == 1) softmax_walk<T, 1, false>(ring, y, rows, n, log_, t, off, sh);
+        else if (ring.kpu == 2) softmax_walk<T, 2, false>(ring, y, rows, n, log_, t, off, sh);
+        else softmax_walk<T, full, false>(ring, y, rows, n, log_, t, off, sh);
+    }
 }
 
 // Backward for rows that fit the ring (as softmax_fwd_rows): y and g through a RowRing of both, Σ g·y
@@ -120,15 +154,15 @@ __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, in
     typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
     __shared__ double sh[32];
     DYNAMIC_SHARED(P, shared);
-    RowRing<T, 2> ring(shared, n, stages);
-    const int64_t np = ring.np;
     const T* const src[2] = {y, g};
-    ring.walk(src, rows, [&](int64_t row, int slot) {
+    RowRing<T, 2> ring(shared, src, n, stages);
+    const int64_t np = ring.np;
+    ring.template walk<RowPacks<T>::P>(rows, [&](int64_t row, int slot) {
         S acc = 0;
 #pragma unroll
         for (int k = 0; k < RowPacks<T>::P; ++k) {
             if (threadIdx.x + (int64_t)k * blockDim.x >= np) continue;
-            P yv = *ring.at(slot, 0, k), gv = *ring.at(slot, 1, k);
+            P yv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k);
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
                 A gi = to_acc<A>(gv.v[e]);
@@ -140,7 +174,7 @@ __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, in
         for (int k = 0; k < RowPacks<T>::P; ++k) {
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
-            P yv = *ring.at(slot, 0, k), gv = *ring.at(slot, 1, k), out;
+            P yv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k), out;
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
                 A yi = to_acc<A>(yv.v[e]), gi = to_acc<A>(gv.v[e]);
@@ -152,7 +186,7 @@ __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, in
 }
 
 #define SOFTMAX(S, T) \
-    extern "C" __global__ void softmax_rows_##S(const T* x, T* y, int64_t rows, int64_t n, int log_, int64_t t, \
+    extern "C" __global__ void __launch_bounds__(ROW_CACHED_THREADS, row_cached_blocks<T>()) softmax_rows_##S(const T* x, T* y, int64_t rows, int64_t n, int log_, int64_t t, \
                                                 int64_t off, int stages) { \
         softmax_fwd_rows<T>(x, y, rows, n, log_, t, off, stages); } \
     extern "C" __global__ void ROW_BOUNDS softmax_##S(const T* x, T* y, int64_t n, int log_, int64_t t, int64_t off) { \

@@ -50,7 +50,7 @@ for ex in gpu_bench ddp_bench gpt; do
 done
 pack target/release/munja-run munja-run
 cp data/tinyshakespeare.txt "$out/tinyshakespeare.txt"
-cp scripts/gpu-suite.sh "$out/gpu-suite.sh"
+cp scripts/gpu-suite.sh scripts/gpu-profile.sh "$out/"
 cp benches/compare/torch_gpt_gpu.py "$out/torch_gpt_gpu.py"
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
 size=$(du -sm "$out" | cut -f1)

@@ -60,11 +60,20 @@ echo "benchmark (${bench_s}s, exit $bench_rc): median of 30 CUDA-event timings a
     END { for (r = 1; r <= n; r++) { line = ""; for (i = 1; i <= nf; i++) line = line sprintf("%-" w[i] "s  ", cell[r, i]); sub(/ +$/, "", line); print line } }'
 grep -q 'FAIL(' "$log/bench.txt" && bench_rc=1
 
-# The row-ring kernels (layer_norm, softmax) with no row fetched ahead (MUNJA_RING_STAGES=1), beside the
-# table above: how much the rows in flight are worth on this card.
+# The row-ring kernels (layer_norm, softmax) with fewer rows fetched ahead (MUNJA_RING_STAGES=1, 2), and in
+# direct mode (0: a block per row, no ring), beside the table above: how much the rows in flight are worth
+# on this card.
 echo
-echo "row rings with one stage (MUNJA_RING_STAGES=1), for comparison with the rows above:"
-MUNJA_RING_STAGES=1 timeout 300 "$bin/gpu_bench" 2>&1 | grep '^RESULT|' | grep -E 'softmax|layer_norm' | cut -d'|' -f2-7 | tr '|' ' '
+for stages in 0 1 2; do
+    echo "row rings with $stages stage(s) (MUNJA_RING_STAGES=$stages), for comparison with the rows above:"
+    MUNJA_RING_STAGES=$stages timeout 300 "$bin/gpu_bench" 2>&1 | grep '^RESULT|' | grep -E 'softmax|layer_norm' | cut -d'|' -f2-7 | tr '|' ' '
+done
+
+# MUNJA_GPU_SKIP_E2E=1: tests and kernel benchmarks only (no Ddp bench, no GPT runs).
+if [ -n "${MUNJA_GPU_SKIP_E2E:-}" ]; then
+    [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+    exit $?
+fi
 
 # What Ddp adds to a training step at world size 1 (one-rank NCCL communicator when libnccl loads).
 echo

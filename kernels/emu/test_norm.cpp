@@ -44,10 +44,12 @@ inline int ring_stages(size_t n, size_t elem, unsigned threads, size_t arrays, s
 // One forward + backward case. shift > 0 offsets x (and g) from 16-byte alignment, as a view would,
 // which sends the host to the plain kernels. `resident`: blocks the GPU is taken to hold (the grid of
 // the kernels whose blocks walk rows); `ring_limit`: the shared memory a block may take (an H100's 227 KiB
-// gives every ring its RING_STAGES stages; smaller limits test shallower rings).
+// gives every ring its RING_STAGES stages; smaller limits test shallower rings). `direct`: the ring
+// kernels in direct mode (stages 0, MUNJA_RING_STAGES=0): the forward a block per row, the fused backward's
+// blocks walking rows with loads straight into registers.
 template <typename T>
 void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift = 0, size_t resident = 264,
-         size_t ring_limit = 227 * 1024) {
+         size_t ring_limit = 227 * 1024, bool direct = false) {
     typedef typename Acc<T>::type A;
     const double eps = 1e-5;
     Buf<T> x(rows * n, shift), w(n), b(n), y(rows * n), g(rows * n, shift), gx(rows * n);
@@ -64,8 +66,12 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     size_t ring_bytes = 0;
     int stages = t ? ring_stages(n, sizeof(T), t, 1, ring_limit, &ring_bytes) : 0;
     char fk[64];
-    snprintf(fk, sizeof fk, stages ? "norm_forward_rows(stages=%d)" : "norm_forward", stages);
-    if (stages)
+    snprintf(fk, sizeof fk, direct && t ? "norm_forward_rows(direct)" : stages ? "norm_forward_rows(stages=%d)" : "norm_forward",
+             stages);
+    if (direct && t)
+        emu::launch(dim3(rows), dim3(t), K<T>::fwd_rows, x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows, n, eps,
+                    (int)rms, 0);
+    else if (stages)
         emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(t), ring_bytes, K<T>::fwd_rows, x.ptr(), wp, bp,
                            y.ptr(), mean.ptr(), rstd.ptr(), rows, n, eps, (int)rms, stages);
     else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::fwd, x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), n, eps, (int)rms);
@@ -110,9 +116,10 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     const char* bk;
     size_t fused_bytes = 0;
     int fused_stages = ft ? ring_stages(n, sizeof(T), ft, 2, ring_limit, &fused_bytes) : 0;
+    if (direct) fused_stages = 0, fused_bytes = 0;
     char fused_name[80];
     snprintf(fused_name, sizeof fused_name, "norm_backward_fused_rows(stages=%d)+fused_finish", fused_stages);
-    if (fused_stages && rows > 0 && (has_w || has_b)) {
+    if ((fused_stages || (direct && ft)) && rows > 0 && (has_w || has_b)) {
         bk = fused_name;
         size_t blocks = std::max<size_t>(1, std::min<size_t>(resident, (rows + 15) / 16));
         Buf<float> pw(blocks * n), pb(blocks * n);
@@ -169,6 +176,10 @@ template <typename T> void all() {
     for (size_t st = 2; st <= 6; st += 2) run<T>(1024, 70, 1, true, false, 0, 3, st * stage);
     run<T>(96, 23, 1, true, false, 0, 2);  // one warp per row (3 packs each for 16-bit types), 2 blocks
     run<T>(16384, 2, 0, true, true, 0, 1, 64 * 1024);  // past the cached limit: the plain kernels
+    // Direct mode: 3 fused blocks over 37 rows; one warp per row; the widest rows.
+    run<T>(128, 37, 0, true, true, 0, 3, 0, true);
+    run<T>(96, 23, 1, true, false, 0, 2, 0, true);
+    run<T>(8192, 3, 0, true, true, 0, 2, 0, true);
 }
 
 int main() {

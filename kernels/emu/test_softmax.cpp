@@ -17,8 +17,10 @@ KS(f32, float) KS(f64, double) KS(bf16, bf16) KS(f16, f16)
 // t > 0: the causal mask of t-row score matrices, row r seeing its first min(n, r % t + off + 1) columns.
 // The ring kernel's launch (softmax.rs): as many blocks as the GPU holds (here `resident`), up to
 // RING_STAGES rows of shared memory each within `ring_limit` bytes; 0 stages falls back to the plain kernel.
+// direct: the register-cached kernel in direct mode (stages 0: a block per row, no ring).
 template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shift, bool mask, int64_t t = 0,
-                                   int64_t off = 0, size_t resident = 1000, size_t ring_limit = 227 * 1024) {
+                                   int64_t off = 0, size_t resident = 1000, size_t ring_limit = 227 * 1024,
+                                   bool direct = false) {
     Buf<T> x(rows * n, shift), y(rows * n);
     x.fill_random(-4, 4);
     if (mask) {
@@ -29,8 +31,10 @@ template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shi
     size_t stage = th ? ((n / (16 / sizeof(T)) + th - 1) / th) * th * 16 : 0;
     int stages = th ? (int)std::min<size_t>(RING_STAGES, ring_limit / stage) : 0;
     char kn[48];
-    snprintf(kn, sizeof kn, stages ? "softmax_rows(stages=%d)" : "softmax", stages);
-    if (stages)
+    snprintf(kn, sizeof kn, direct && th ? "softmax_rows(direct)" : stages ? "softmax_rows(stages=%d)" : "softmax", stages);
+    if (direct && th)
+        emu::launch(dim3(rows), dim3(th), K<T>::rows, x.ptr(), y.ptr(), rows, n, log_, t, off, 0);
+    else if (stages)
         emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(th), stages * stage, K<T>::rows, x.ptr(), y.ptr(),
                            rows, n, log_, t, off, stages);
     else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::plain, x.ptr(), y.ptr(), n, log_, t, off);
@@ -55,7 +59,8 @@ template <typename T> void forward(int64_t n, int64_t rows, int log_, size_t shi
 
 // `ring_limit` > 0: the ring kernel (softmax_backward_rows) as softmax.rs launches it when the rows fit,
 // with `resident` blocks and as many of RING_STAGES stages (y and g rows each) as the limit holds.
-template <typename T> void backward(int64_t n, int64_t rows, int log_, size_t resident = 0, size_t ring_limit = 0) {
+template <typename T> void backward(int64_t n, int64_t rows, int log_, size_t resident = 0, size_t ring_limit = 0,
+                                    bool direct = false) {
     Buf<T> y(rows * n), g(rows * n), dx(rows * n);
     g.fill_random(-1, 1);
     for (int64_t r = 0; r < rows; ++r) {  // y: a (log-)softmax of random logits
@@ -67,7 +72,9 @@ template <typename T> void backward(int64_t n, int64_t rows, int log_, size_t re
     unsigned th = ring_limit ? cached_row_threads(n, sizeof(T), {y.ptr(), g.ptr(), dx.ptr()}) : 0;
     size_t stage = th ? 2 * ((n / (16 / sizeof(T)) + th - 1) / th) * th * 16 : 0;
     int stages = th ? (int)std::min<size_t>(RING_STAGES, ring_limit / stage) : 0;
-    if (stages)
+    if (direct && th)
+        emu::launch(dim3(rows), dim3(th), K<T>::bwd_rows, y.ptr(), g.ptr(), dx.ptr(), rows, n, log_, 0);
+    else if (stages)
         emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(th), stages * stage, K<T>::bwd_rows, y.ptr(), g.ptr(),
                            dx.ptr(), rows, n, log_, stages);
     else emu::launch(dim3(rows), dim3(row_threads(n)), K<T>::bwd, y.ptr(), g.ptr(), dx.ptr(), n, log_);
@@ -81,8 +88,8 @@ template <typename T> void backward(int64_t n, int64_t rows, int log_, size_t re
         }
     }
     char name[160];
-    snprintf(name, sizeof name, "softmax_backward%s_%s n=%ld rows=%ld log=%d stages=%d", stages ? "_rows" : "", tname<T>(),
-             (long)n, (long)rows, log_, stages);
+    snprintf(name, sizeof name, "softmax_backward%s_%s n=%ld rows=%ld log=%d stages=%d", direct && th ? "_rows(direct)" : stages ? "_rows" : "",
+             tname<T>(), (long)n, (long)rows, log_, stages);
     compare(name, dx.ptr(), ref, tol<T>());
 }
 
@@ -101,15 +108,22 @@ template <typename T> void all() {
         forward<T>(100, 9, log_, 0, false, 3, 95);
         forward<T>(1000, 7, log_, 1, true, 7, 500);
         forward<T>(10000, 3, log_, 0, false, 3, 4096);
-        // Blocks walking rows through rings of 1, 2 and 3 stages (3 blocks over 20 rows), causal included.
-        for (size_t st = 1; st <= 3; ++st) {
-            forward<T>(256, 20, log_, 0, true, 0, 0, 3, st * 256 * sizeof(T));
-            forward<T>(256, 20, log_, 0, false, 5, 0, 3, st * 256 * sizeof(T));
+        // Blocks walking rows through rings of 1 to RING_STAGES stages (3 blocks over 40 rows), causal included.
+        for (size_t st : {1, 2, 3, 5, RING_STAGES}) {
+            forward<T>(256, 40, log_, 0, true, 0, 0, 3, st * 256 * sizeof(T));
+            forward<T>(256, 40, log_, 0, false, 5, 0, 3, st * 256 * sizeof(T));
         }
         for (int64_t n : {64, 100, 1001, 4096}) backward<T>(n, 4, log_);
-        // The ring kernel: rings of 1 to 3 stages, 3 blocks over 11 rows; one-block-per-row widths.
-        for (size_t st = 1; st <= 3; ++st) backward<T>(256, 11, log_, 3, st * 2 * 256 * sizeof(T));
+        // The ring kernel: rings of 1 to RING_STAGES stages, 3 blocks over 31 rows; one-block-per-row widths.
+        for (size_t st : {1, 2, 3, 5, RING_STAGES}) backward<T>(256, 31, log_, 3, st * 2 * 256 * sizeof(T));
         for (int64_t n : {64, 4096, 8192}) backward<T>(n, 5, log_, 1000, 227 * 1024);
+        // Direct mode (MUNJA_RING_STAGES=0): a block per row, each with 1, 2 and all of its packs a thread,
+        // masked or not.
+        for (int64_t n : {256, 512, 4096, 8192}) {
+            forward<T>(n, 4, log_, 0, true, 0, 0, 1000, 0, true);
+            forward<T>(n, 9, log_, 0, false, 3, n / 3, 1000, 0, true);
+            backward<T>(n, 4, log_, 1000, 227 * 1024, true);
+        }
     }
 }
 

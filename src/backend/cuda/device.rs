@@ -148,28 +148,31 @@ impl CudaDevice {
         Ok((per_sm.max(1) as usize) * (sms.max(1) as usize))
     }
 
+    /// The static shared memory of kernel `name` (its `__shared__` arrays), in bytes.
+    fn static_shared(&self, name: &'static str) -> Result<usize> {
+        let f = self.func(name)?;
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES;
+        // SAFETY: an attribute query of a loaded function; no side effects.
+        let fixed = unsafe { result::function::get_function_attribute(f.0, attr) }.map_err(|e| self.err(name, e))?;
+        Ok(fixed.max(0) as usize)
+    }
+
     /// The most dynamic shared memory one block of kernel `name` may take on this device: the opt-in
     /// limit per block (227 KiB on an H100, 163 KiB on an A100) less the kernel's static shared memory.
     pub(crate) fn max_dynamic_shared(&self, name: &'static str) -> Result<usize> {
-        let f = self.func(name)?;
         let optin = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
-        let fixed = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES;
-        // SAFETY: attribute queries of this device and of a loaded function; no side effects.
-        let (limit, fixed) = unsafe {
-            (
-                result::device::get_attribute(self.ctx.cu_device(), optin),
-                result::function::get_function_attribute(f.0, fixed),
-            )
-        };
-        let limit = limit.map_err(|e| self.err(name, e))?;
-        let fixed = fixed.map_err(|e| self.err(name, e))?;
-        Ok((limit.max(0) as usize).saturating_sub(fixed.max(0) as usize))
+        // SAFETY: an attribute query of this device; no side effects.
+        let limit =
+            unsafe { result::device::get_attribute(self.ctx.cu_device(), optin) }.map_err(|e| self.err(name, e))?;
+        Ok((limit.max(0) as usize).saturating_sub(self.static_shared(name)?))
     }
 
-    /// Lets kernel `name` launch with `shared` bytes of dynamic shared memory: past the default 48 KiB a
-    /// kernel must opt in. Host-side only.
+    /// Lets kernel `name` launch with `shared` bytes of dynamic shared memory. Without opting in, a
+    /// block's static and dynamic shared memory together may not pass 48 KiB: a launch past that fails
+    /// with CUDA_ERROR_INVALID_VALUE (a 48 KiB ring beside a reduction's 128-byte scratch did, on an
+    /// H200). Host-side only.
     pub(crate) fn allow_dynamic_shared(&self, name: &'static str, shared: usize) -> Result<()> {
-        if shared <= 48 * 1024 {
+        if !needs_shared_opt_in(shared, self.static_shared(name)?) {
             return Ok(());
         }
         let f = self.func(name)?;
@@ -229,6 +232,16 @@ macro_rules! launch_shared {
 }
 pub(crate) use launch_shared;
 
+/// Shared memory a block may take without opting in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
+/// static and dynamic together, on every GPU since Volta.
+const DEFAULT_SHARED_PER_BLOCK: usize = 48 * 1024;
+
+/// Whether `dynamic` bytes of dynamic shared memory beside `fixed` bytes of static shared memory need
+/// the kernel's opt-in before a launch.
+pub(crate) fn needs_shared_opt_in(dynamic: usize, fixed: usize) -> bool {
+    dynamic + fixed > DEFAULT_SHARED_PER_BLOCK
+}
+
 /// A 1-D grid of `threads`-wide blocks covering `n` elements, capped for grid-stride loops.
 pub(crate) fn grid_for(n: usize, threads: u32) -> (u32, u32, u32) {
     let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 8);
@@ -249,4 +262,17 @@ pub fn time_ms(device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f32>
     let end = d.stream.record_event(flags).map_err(|e| d.err("time_ms", e))?;
     end.synchronize().map_err(|e| d.err("time_ms", e))?;
     start.elapsed_ms(&end).map_err(|e| d.err("time_ms", e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn static_shared_memory_counts_toward_the_opt_in_limit() {
+        use super::needs_shared_opt_in;
+        assert!(!needs_shared_opt_in(48 * 1024, 0));
+        // A three-stage ring of 16 KiB rows beside a block reduction's scratch: the H200 refused it.
+        assert!(needs_shared_opt_in(48 * 1024, 128));
+        assert!(needs_shared_opt_in(48 * 1024 + 1, 0));
+        assert!(!needs_shared_opt_in(0, 256));
+    }
 }

@@ -75,8 +75,8 @@ pub(crate) fn norm_forward(
     if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
         let name = kname("norm_forward_rows", x.dtype());
-        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
-            let blocks = plan.resident.min(rows);
+        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1, false)? {
+            let blocks = plan.blocks(rows);
             return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, plan.stages)
             .map(|_| (y, mean, rstd));
@@ -117,7 +117,9 @@ pub(crate) fn norm_backward(
     let fused = fused_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]);
     let name = kname("norm_backward_fused_rows", x.dtype());
     let ring = match fused {
-        Some(t) if rows > 0 && (w.is_some() || has_bias) => ring_plan(dev, name, n, x.dtype(), t, 2)?.map(|r| (t, r)),
+        Some(t) if rows > 0 && (w.is_some() || has_bias) => {
+            ring_plan(dev, name, n, x.dtype(), t, 2, false)?.map(|r| (t, r))
+        }
         _ => None,
     };
     if let Some((t, plan)) = ring {

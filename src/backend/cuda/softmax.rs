@@ -29,6 +29,13 @@ pub(crate) fn cached_row_threads(n: usize, dtype: crate::DType, ptrs: &[u64]) ->
     fits.then(|| (n.div_ceil(ROW_VALS).div_ceil(32) * 32).clamp(32, 1024) as u32)
 }
 
+/// Block width from which the softmax forward loads rows directly, a block per row, rather than through a
+/// row ring. Measured on an H200 (scripts/gpu-suite.sh, MUNJA_RING_STAGES rows): 4096-wide rows (128
+/// threads) ran at 93% (f32) and 86% (bf16) of copy bandwidth direct against 84% and 75% through the ring,
+/// while attention's 256-wide rows (one warp a block, at most 32 blocks an SM) ran at 27% direct against 45%
+/// through the ring.
+const DIRECT_MIN_THREADS: u32 = 128;
+
 /// With `causal`, row r reads and normalises only its first `causal.visible(r, n)` columns; the rest are
 /// written as 0 (−inf for log-softmax).
 pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool, causal: Option<Causal>) -> Result<CudaStorage> {
@@ -52,10 +59,11 @@ pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool, causal: Option<Cau
     // The kernels take the mask as (query rows per matrix, offset); 0 rows: no mask.
     let (mask_rows, offset) = causal.map_or((0i64, 0i64), |c| (c.rows as i64, c.offset as i64));
     if let Some(t) = cached_row_threads(n, x.dtype(), &[src, out.ptr()]) {
-        // Resident blocks walking the rows, each with a ring of rows in flight.
+        // Resident blocks walking the rows, each with a ring of rows in flight; or, for rows of 4+ warps, a
+        // block per row loading straight into registers (DIRECT_MIN_THREADS).
         let (dev, name) = (x.dev(), kname("softmax_rows", x.dtype()));
-        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1)? {
-            let blocks = plan.resident.min(rows);
+        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1, t >= DIRECT_MIN_THREADS)? {
+            let blocks = plan.blocks(rows);
             launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 src, out.ptr(), rows as i64, n as i64, log as i32, mask_rows, offset, plan.stages)?;
             return Ok(out);
@@ -80,8 +88,8 @@ pub(crate) fn softmax_backward(y: &CudaStorage, g: &CudaStorage, n: usize, log: 
     if let Some(t) = cached_row_threads(n, y.dtype(), &[y.ptr(), g.ptr(), out.ptr()]) {
         // As the forward: resident blocks walking the rows, y and g through a ring.
         let (dev, name) = (y.dev(), kname("softmax_backward_rows", y.dtype()));
-        if let Some(plan) = ring_plan(dev, name, n, y.dtype(), t, 2)? {
-            let blocks = plan.resident.min(rows);
+        if let Some(plan) = ring_plan(dev, name, n, y.dtype(), t, 2, false)? {
+            let blocks = plan.blocks(rows);
             launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 y.ptr(), g.ptr(), out.ptr(), rows as i64, n as i64, log as i32, plan.stages)?;
             return Ok(out);
