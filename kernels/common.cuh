@@ -161,6 +161,23 @@ __device__ __forceinline__ void block_sum2_of_warps(double& a, double& b, double
     __syncthreads();
 }
 
+// block_sum2_of_warps with one barrier instead of two, for kernels that reduce once per row: `shared`
+// holds 2 × 32 slots and consecutive calls alternate halves (`parity`, the row's count in the walk, & 1).
+// A half is written again only two calls later, after every thread has passed the other call's barrier,
+// which it reaches only once it has read this call's sums: so no trailing barrier is needed. In the
+// layer-norm kernels the two barriers a row held 8 warps idle twice per row.
+__device__ __forceinline__ void block_sum2_of_warps_alternating(double& a, double& b, double2* shared, int parity) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (nwarps > 1) {
+        double2* half = shared + (parity & 1) * 32;
+        if (lane == 0) half[warp] = make_double2(a, b);
+        __syncthreads();
+        double2 v = lane < nwarps ? half[lane] : make_double2(0.0, 0.0);
+        a = warp_sum(v.x);
+        b = warp_sum(v.y);
+    }
+}
+
 // The launch's dynamic shared memory as an array of T (16-byte aligned).
 #ifdef MUNJA_EMU
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_shared())

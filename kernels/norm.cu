@@ -71,7 +71,8 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
     // eats into f64's digits); 16-bit rows (8 or 11 bits of mantissa) sum their at most ROW_VALS values in
     // f32 and reduce across threads in f64, sparing a conversion per value.
     typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
-    __shared__ double2 sh[32];
+    __shared__ double2 sh[64];  // two halves, alternating by row (block_sum2_of_warps_alternating)
+    int parity = 0;
     DYNAMIC_SHARED(P, shared);
     const T* const src[1] = {x};
     RowRing<T, 1> ring(shared, src, n, stages);
@@ -93,7 +94,8 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             }
         }
         double bs = ts, bq = tq;
-        block_sum2(bs, bq, sh);
+        bs = warp_sum(bs), bq = warp_sum(bq);
+        block_sum2_of_warps_alternating(bs, bq, sh, parity++);
         // RMS: c = 0 and no centring, so the variance is E[x²] itself.
         double md = rms ? 0.0 : bs / (double)n, var = bq / (double)n - md * md;
         double mu = rms ? 0.0 : (double)c + md;
@@ -177,7 +179,8 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
     typedef Pack<T> P;
     const int KP = FUSED_VALS / P::N;
     const bool SHORT = sizeof(T) == 2;
-    __shared__ double2 sh[32];
+    __shared__ double2 sh[64];  // two halves, alternating by row (block_sum2_of_warps_alternating)
+    int parity = 0;
     DYNAMIC_SHARED(P, shared);
     const T* const src[2] = {x, g};
     RowRing<T, 2> ring(shared, src, n, stages);
@@ -220,11 +223,10 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
         if (SHORT) {
             sd = warp_sum(sd), sdh = warp_sum(sdh);
             tsd = sd, tsdh = sdh;
-            block_sum2_of_warps(tsd, tsdh, sh);
         } else {
-            tsd = sd, tsdh = sdh;
-            block_sum2(tsd, tsdh, sh);
+            tsd = warp_sum((double)sd), tsdh = warp_sum((double)sdh);
         }
+        block_sum2_of_warps_alternating(tsd, tsdh, sh, parity++);
         A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
         // dx = rs·(g·w − mean_d − h·mean_dh). For 16-bit rows, expanded to (rs·w)·g + c1·x + c0 with
         // c1 = −rs²·mean_dh and c0 = −rs·mean_d − c1·μ: two FFMAs and a multiply a value. Where |μ| ≫ the
