@@ -138,29 +138,6 @@ template <typename A> __device__ A block_sum(A v, A* shared) {
     return v;
 }
 
-// Sums two values over a block in one round of barriers (a pair of reductions costs what one does);
-// every thread gets both results. `shared` needs 32 slots. Ends with a barrier, as block_sum.
-__device__ __forceinline__ void block_sum2_of_warps(double& a, double& b, double2* shared);
-__device__ __forceinline__ void block_sum2(double& a, double& b, double2* shared) {
-    a = warp_sum(a);
-    b = warp_sum(b);
-    block_sum2_of_warps(a, b, shared);
-}
-
-// block_sum2 of values each warp has already summed (every lane holding its warp's sums): the
-// cross-warp step alone. Ends with a barrier, as block_sum.
-__device__ __forceinline__ void block_sum2_of_warps(double& a, double& b, double2* shared) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    if (nwarps > 1) {
-        if (lane == 0) shared[warp] = make_double2(a, b);
-        __syncthreads();
-        double2 v = lane < nwarps ? shared[lane] : make_double2(0.0, 0.0);
-        a = warp_sum(v.x);
-        b = warp_sum(v.y);
-    }
-    __syncthreads();
-}
-
 // block_sum2_of_warps with one barrier instead of two, for kernels that reduce once per row: `shared`
 // holds 2 × 32 slots and consecutive calls alternate halves (`parity`, the row's count in the walk, & 1).
 // A half is written again only two calls later, after every thread has passed the other call's barrier,
@@ -176,6 +153,15 @@ __device__ __forceinline__ void block_sum2_of_warps_alternating(double& a, doubl
         a = warp_sum(v.x);
         b = warp_sum(v.y);
     }
+}
+
+// Sums two values over a block in one round of barriers (a pair of reductions costs what one does);
+// every thread gets both results. `shared` needs 32 slots. Ends with a barrier, as block_sum.
+__device__ __forceinline__ void block_sum2(double& a, double& b, double2* shared) {
+    a = warp_sum(a);
+    b = warp_sum(b);
+    block_sum2_of_warps_alternating(a, b, shared, 0);
+    __syncthreads();
 }
 
 // The launch's dynamic shared memory as an array of T (16-byte aligned).
@@ -289,11 +275,6 @@ __device__ __forceinline__ void load_row(const T* x, int64_t n, A (&r)[ROW_VALS]
             for (int e = 0; e < P::N; ++e) r[k * P::N + e] = fill;
         }
     }
-}
-
-// Element index (within the row) of register slot k*N+e of this thread.
-template <typename T> __device__ __forceinline__ int64_t row_index(int k, int e) {
-    return ((int64_t)threadIdx.x + (int64_t)k * blockDim.x) * Pack<T>::N + e;
 }
 
 template <typename T, typename A>
