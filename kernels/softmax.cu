@@ -7,9 +7,9 @@
 // log-softmax), as if they had been set to −inf. Attention's mask, without the mask tensor or its pass.
 #include "common.cuh"
 
-__device__ __forceinline__ int64_t visible_cols(int64_t row, int64_t n, int64_t t, int64_t off) {
-    if (t <= 0) return n;
-    int64_t v = row % t + off + 1;
+// Columns visible to the query at position `pos` of its score matrix (its row % t): min(n, pos + off + 1).
+__device__ __forceinline__ int64_t visible_cols(int64_t pos, int64_t n, int64_t off) {
+    int64_t v = pos + off + 1;
     return v < n ? v : n;
 }
 
@@ -17,7 +17,7 @@ template <typename T> __device__ void softmax_fwd(const T* x, T* y, int64_t n, i
     typedef typename Acc<T>::type A;
     x += blockIdx.x * n;
     y += blockIdx.x * n;
-    const int64_t lim = visible_cols(blockIdx.x, n, t, off);
+    const int64_t lim = t > 0 ? visible_cols((int64_t)blockIdx.x % t, n, off) : n;
     A m, s;
     row_max_sum<T, A>(x, lim, m, s);
     // A row with nothing visible but −inf is NaN throughout, masked columns included, as when the mask
@@ -107,7 +107,7 @@ __device__ void softmax_walk(RowRing<T, 1>& ring, T* y, int64_t rows, int64_t n,
     int64_t pos = CAUSAL ? (int64_t)blockIdx.x % t : 0;
     const int64_t advance = CAUSAL ? (int64_t)gridDim.x % t : 0;
     ring.template walk<KP>(rows, [&](int64_t row, int slot) {
-        const int64_t vis = CAUSAL ? (pos + off + 1 < n ? pos + off + 1 : n) : n;
+        const int64_t vis = CAUSAL ? visible_cols(pos, n, off) : n;
         softmax_row<T, KP, CAUSAL>(ring, row, slot, y, n, log_, vis, sh);
         if (CAUSAL) {
             pos += advance;
