@@ -2,7 +2,9 @@
 //! flight in shared memory, and how much shared memory that takes.
 
 use super::device::CudaDevice;
-use crate::{DType, Result};
+use crate::{DType, Device, Result};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Most rows a block of the ring kernels keeps in shared memory (RING_STAGES in kernels/common.cuh).
 const RING_STAGES: usize = 8;
@@ -21,12 +23,12 @@ fn default_stages(stage: usize) -> usize {
     (1 + AHEAD_BYTES.div_ceil(stage.max(1))).clamp(MIN_STAGES, RING_STAGES)
 }
 
-/// `MUNJA_RING_STAGES` (0 to RING_STAGES; read once), when set: every ring kernel's stages, capped by what fits. 1
-/// keeps no row in flight ahead of the one computed; 0 is the direct mode (no ring: a block per row loading
-/// its row straight into registers, the GPU's block scheduler keeping rows in flight). For comparing the
-/// modes on one GPU.
+/// `MUNJA_RING_STAGES` (0 to RING_STAGES; read once), when set: every ring kernel's stages, capped by
+/// what fits. 1 keeps no row in flight ahead of the one computed; 0 is the direct mode (no ring: a block
+/// per row loading its row straight into registers, the GPU's block scheduler keeping rows in flight).
+/// For comparing the modes on one GPU.
 fn stages_override() -> Option<usize> {
-    static STAGES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    static STAGES: OnceLock<Option<usize>> = OnceLock::new();
     *STAGES.get_or_init(|| {
         std::env::var("MUNJA_RING_STAGES").ok().and_then(|v| v.trim().parse::<usize>().ok()).map(|s| s.min(RING_STAGES))
     })
@@ -35,6 +37,7 @@ fn stages_override() -> Option<usize> {
 /// How a ring kernel launches: `stages` row slots taking `shared` bytes of dynamic shared memory per
 /// block, and the `resident` blocks of that size the whole device holds at once (the most the kernel's
 /// row walk can use). Stages 0 (direct mode): no shared memory; `blocks` then gives a block per row.
+#[derive(Clone, Copy)]
 pub(crate) struct RingPlan {
     pub(crate) stages: i32,
     pub(crate) shared: usize,
@@ -56,6 +59,10 @@ impl RingPlan {
 /// blocks: `arrays` rows of n values per stage, each thread holding ceil(packs / threads) 16-byte packs;
 /// `default_stages` of them as far as the device lets one block have; or, with `prefer_direct`, the
 /// direct mode. None when not even one stage fits (f64 rows of 8192 values on an A100 do not).
+///
+/// A plan depends only on the device, the kernel, the block width, the slot size and the mode, and the
+/// shared-memory opt-in it makes stays with the loaded kernel: plans are kept per process, so a launch
+/// after the first asks the driver nothing (planning took about five attribute and occupancy queries).
 pub(crate) fn ring_plan(
     dev: &CudaDevice,
     name: &'static str,
@@ -65,8 +72,28 @@ pub(crate) fn ring_plan(
     arrays: usize,
     prefer_direct: bool,
 ) -> Result<Option<RingPlan>> {
+    type Key = (Device, &'static str, u32, usize, bool);
+    static PLANS: OnceLock<Mutex<HashMap<Key, Option<RingPlan>>>> = OnceLock::new();
     let packs = n / (16 / dtype.size_in_bytes());
     let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
+    let key = (dev.device(), name, threads, stage, prefer_direct);
+    let plans = PLANS.get_or_init(Default::default);
+    if let Some(plan) = plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(*plan);
+    }
+    let plan = plan_ring(dev, name, stage, threads, prefer_direct)?;
+    plans.lock().unwrap_or_else(|e| e.into_inner()).insert(key, plan);
+    Ok(plan)
+}
+
+/// `ring_plan` for slots of `stage` bytes, asking the driver.
+fn plan_ring(
+    dev: &CudaDevice,
+    name: &'static str,
+    stage: usize,
+    threads: u32,
+    prefer_direct: bool,
+) -> Result<Option<RingPlan>> {
     let max_stages = stages_override().unwrap_or(if prefer_direct { 0 } else { default_stages(stage) });
     if max_stages == 0 {
         return Ok(Some(RingPlan { stages: 0, shared: 0, resident: dev.resident_blocks(name, threads, 0)? }));
