@@ -149,9 +149,20 @@ __device__ __forceinline__ void block_sum2_of_warps_alternating(double& a, doubl
         double2* half = shared + (parity & 1) * 32;
         if (lane == 0) half[warp] = make_double2(a, b);
         __syncthreads();
-        double2 v = lane < nwarps ? half[lane] : make_double2(0.0, 0.0);
-        a = warp_sum(v.x);
-        b = warp_sum(v.y);
+        if (nwarps <= 8) {
+            // Every thread adds the (at most 8) warp sums itself, in warp order: broadcast reads of shared
+            // memory issued together, then two chains of adds. Five rounds of f64 shuffles (two shuffles
+            // each per value) took about twice as long, every warp of the block waiting, once per row.
+            double2 v = half[0];
+            a = v.x, b = v.y;
+#pragma unroll
+            for (int w = 1; w < 8; ++w)
+                if (w < nwarps) v = half[w], a += v.x, b += v.y;
+        } else {
+            double2 v = lane < nwarps ? half[lane] : make_double2(0.0, 0.0);
+            a = warp_sum(v.x);
+            b = warp_sum(v.y);
+        }
     }
 }
 
@@ -231,6 +242,24 @@ template <typename T> struct alignas(16) Pack {
     T v[N];
 };
 
+// All values of a pack widened to A. bf16 -> f32 works on the pack's 32-bit words, two values each: the
+// low one is word << 16, the high one word & 0xffff0000, one instruction apiece. Widened value by value,
+// each high half was first extracted (PRMT), then shifted, often moved as well: in the bf16 layer-norm
+// backward that was more instructions than its arithmetic.
+template <typename A, typename T> __device__ __forceinline__ void widen(const Pack<T>& p, A (&out)[Pack<T>::N]) {
+#pragma unroll
+    for (int e = 0; e < Pack<T>::N; ++e) out[e] = to_acc<A>(p.v[e]);
+}
+template <> __device__ __forceinline__ void widen<float, bf16>(const Pack<bf16>& p, float (&out)[8]) {
+    const uint4 u = reinterpret_cast<const uint4&>(p);
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
 __device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 // Max over a block; every thread gets the result (same contract as block_sum).
@@ -267,9 +296,10 @@ __device__ __forceinline__ void load_row(const T* x, int64_t n, A (&r)[ROW_VALS]
     for (int k = 0; k < RowPacks<T>::P; ++k) {
         int64_t p = threadIdx.x + (int64_t)k * blockDim.x;
         if (p < np) {
-            P pk = reinterpret_cast<const P*>(x)[p];
+            A v[P::N];
+            widen(reinterpret_cast<const P*>(x)[p], v);
 #pragma unroll
-            for (int e = 0; e < P::N; ++e) r[k * P::N + e] = to_acc<A>(pk.v[e]);
+            for (int e = 0; e < P::N; ++e) r[k * P::N + e] = v[e];
         } else {
 #pragma unroll
             for (int e = 0; e < P::N; ++e) r[k * P::N + e] = fill;
@@ -303,7 +333,9 @@ __device__ __forceinline__ void store_row(T* y, int64_t n, const A (&r)[ROW_VALS
 // cp.async `stages` − 1 rows ahead of the one being computed: in flight without holding registers.
 // stages = 0 is the direct mode: no ring, each row's packs loaded from global memory where the body reads
 // them (the host then launches a block per row, and the GPU's block scheduler keeps rows in flight).
-template <typename T, int ARRAYS> struct RowRing {
+// DIRECT = false compiles the direct mode out (the host then never plans it): walk() otherwise inlines its
+// body twice, and the second copy of the layer-norm backward's body spilled a register.
+template <typename T, int ARRAYS, bool DIRECT = true> struct RowRing {
     typedef Pack<T> P;
     P* mine;  // this thread's first pack in the ring
     const P* src[ARRAYS];
@@ -323,7 +355,7 @@ template <typename T, int ARRAYS> struct RowRing {
     }
     // This thread's pack k of array a of `row`, which walk() handed to the body with `slot`.
     __device__ P get(int64_t row, int slot, int a, int k) const {
-        if (stages == 0) return src[a][row * np + threadIdx.x + (int64_t)k * blockDim.x];
+        if (DIRECT && stages == 0) return src[a][row * np + threadIdx.x + (int64_t)k * blockDim.x];
         return mine[((slot * ARRAYS + a) * kpu + k) * (int)blockDim.x];
     }
     // Starts copying row r of each array into `slot` (nothing past the last row) and commits the group:
@@ -346,7 +378,7 @@ template <typename T, int ARRAYS> struct RowRing {
     template <int KP, typename F> __device__ void walk(int64_t rows, F body) {
         const int64_t step = gridDim.x;
         int64_t row = blockIdx.x;
-        if (stages == 0) {
+        if (DIRECT && stages == 0) {
             for (; row < rows; row += step) body(row, 0);
             return;
         }
@@ -454,8 +486,7 @@ __device__ __forceinline__ void thread_max_sum(const T* x, int64_t n, A& m, A& s
     // bandwidth on an H200). Same fold order as one pack at a time.
     for_packs_batched<4>(reinterpret_cast<const P*>(x + rs.head), rs.packs, [&](int64_t, const P& pk) {
         A v[P::N];
-#pragma unroll
-        for (int e = 0; e < P::N; ++e) v[e] = to_acc<A>(pk.v[e]);
+        widen(pk, v);
         max_sum_update<A, FAST>(v, P::N, m, s);
     });
     for (int64_t j = rs.tail_start + threadIdx.x; j < n; j += blockDim.x) {

@@ -58,9 +58,11 @@ __device__ void ce_bwd(const T* x, const int64_t* t, const typename Acc<T>::type
     P* pd = reinterpret_cast<P*>(dx + rs.head);
     // Loads batched ahead of the stores (the compiler may not move loads past stores to dx).
     for_packs_batched<4>(reinterpret_cast<const P*>(x + rs.head), rs.packs, [&](int64_t q, const P& in) {
+        A v[P::N];
+        widen(in, v);
         P out;
 #pragma unroll
-        for (int e = 0; e < P::N; ++e) out.v[e] = grad(to_acc<A>(in.v[e]), rs.head + q * P::N + e);
+        for (int e = 0; e < P::N; ++e) out.v[e] = grad(v[e], rs.head + q * P::N + e);
         pd[q] = out;
     });
     for (int64_t j = rs.tail_start + threadIdx.x; j < c; j += blockDim.x) dx[j] = grad(to_acc<A>(x[j]), j);

@@ -44,9 +44,7 @@ __device__ void norm_fwd(const T* x, const W* w, const W* b, T* y, typename Acc<
 template <typename T, typename A>
 __device__ __forceinline__ void load_param_pack(const T* p, int64_t pk, A fill, A (&out)[Pack<T>::N]) {
     if (p) {
-        Pack<T> v = reinterpret_cast<const Pack<T>*>(p)[pk];
-#pragma unroll
-        for (int e = 0; e < Pack<T>::N; ++e) out[e] = to_acc<A>(v.v[e]);
+        widen(reinterpret_cast<const Pack<T>*>(p)[pk], out);
     } else {
 #pragma unroll
         for (int e = 0; e < Pack<T>::N; ++e) out[e] = fill;
@@ -78,6 +76,8 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
     RowRing<T, 1> ring(shared, src, n, stages);
     const int64_t np = ring.np;
     T c_next = blockIdx.x < rows ? x[blockIdx.x * n] : T();
+    // Row means as products: an f64 division is a call of some twenty instructions, twice a row.
+    const double inv_n = 1.0 / (double)n;
     ring.template walk<KP>(rows, [&](int64_t row, int slot) {
         // The shift for this row was loaded a row ahead.
         A c = rms ? (A)0 : to_acc<A>(c_next);
@@ -86,10 +86,11 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
             if (threadIdx.x + (int64_t)k * blockDim.x >= np) continue;
-            P v = ring.get(row, slot, 0, k);
+            A v[P::N];
+            widen(ring.get(row, slot, 0, k), v);
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
-                S d = (S)(to_acc<A>(v.v[e]) - c);
+                S d = (S)(v[e] - c);
                 ts += d, tq += d * d;
             }
         }
@@ -97,7 +98,7 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
         bs = warp_sum(bs), bq = warp_sum(bq);
         block_sum2_of_warps_alternating(bs, bq, sh, parity++);
         // RMS: c = 0 and no centring, so the variance is E[x²] itself.
-        double md = rms ? 0.0 : bs / (double)n, var = bq / (double)n - md * md;
+        double md = rms ? 0.0 : bs * inv_n, var = bq * inv_n - md * md;
         double mu = rms ? 0.0 : (double)c + md;
         double rs = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
         if (threadIdx.x == 0) {
@@ -112,9 +113,11 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             A wv[P::N], bv[P::N];
             load_param_pack<T, A>(w, pk, (A)1, wv);
             load_param_pack<T, A>(b, pk, (A)0, bv);
-            P v = ring.get(row, slot, 0, k), out;
+            A v[P::N];
+            widen(ring.get(row, slot, 0, k), v);
+            P out;
 #pragma unroll
-            for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>((to_acc<A>(v.v[e]) - m) * qs * wv[e] + bv[e]);
+            for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>((v[e] - m) * qs * wv[e] + bv[e]);
             reinterpret_cast<P*>(y)[row * np + pk] = out;
         }
     });
@@ -183,14 +186,32 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
     int parity = 0;
     DYNAMIC_SHARED(P, shared);
     const T* const src[2] = {x, g};
-    RowRing<T, 2> ring(shared, src, n, stages);
+    RowRing<T, 2, false> ring(shared, src, n, stages);  // the host plans no direct mode (ring.rs)
     const int64_t np = ring.np;
     A aw[FUSED_VALS], ab[FUSED_VALS];
 #pragma unroll
     for (int i = 0; i < FUSED_VALS; ++i) aw[i] = ab[i] = 0;
+    // 16-bit rows: the weight of this thread's columns (1 without one), the same every row, held as packs
+    // (8 registers) and widened where used. Loaded per row in both passes, each load came with its
+    // address, a test for a missing weight and a default per value: about 70 instructions a row for bf16.
+    // f32 rows still load it per row (no widening to save; held, it would take 16 registers).
+    P wk[KP];
+#pragma unroll
+    for (int k = 0; k < KP; ++k) {
+        int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
+        if (!SHORT) continue;
+#pragma unroll
+        for (int e = 0; e < P::N; ++e) wk[k].v[e] = from_acc<T>((A)1);
+        if (w && pk < np) wk[k] = reinterpret_cast<const P*>(w)[pk];
+    }
+    auto weights = [&](int k, int64_t pk, A(&wv)[P::N]) {
+        if (SHORT) widen(wk[k], wv);
+        else load_param_pack<T, A>(w, pk, (A)1, wv);
+    };
     // The statistics are loaded a row ahead.
     A nmu = 0, nrs = 0;
     if (blockIdx.x < rows) nmu = mean[blockIdx.x], nrs = rstd[blockIdx.x];
+    const double inv_n = 1.0 / (double)n;  // as in norm_fwd_rows
     ring.template walk<KP>(rows, [&](int64_t row, int slot) {
         A mu = nmu, rs = nrs;
         if (row + gridDim.x < rows) nmu = mean[row + gridDim.x], nrs = rstd[row + gridDim.x];
@@ -202,13 +223,14 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
         for (int k = 0; k < KP; ++k) {
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
-            A wv[P::N];
-            load_param_pack<T, A>(w, pk, (A)1, wv);
-            P xv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k);
+            A wv[P::N], xv[P::N], gv[P::N];
+            weights(k, pk, wv);
+            widen(ring.get(row, slot, 0, k), xv);
+            widen(ring.get(row, slot, 1, k), gv);
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
                 int i = k * P::N + e;
-                A xe = to_acc<A>(xv.v[e]), d = to_acc<A>(gv.v[e]);
+                A xe = xv[e], d = gv[e];
                 A h = SHORT ? fma(xe, rs, mrs) : (xe - mu) * rs;
                 aw[i] += d * h;
                 ab[i] += d;
@@ -227,7 +249,7 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             tsd = warp_sum((double)sd), tsdh = warp_sum((double)sdh);
         }
         block_sum2_of_warps_alternating(tsd, tsdh, sh, parity++);
-        A mean_d = rms ? (A)0 : (A)(tsd / (double)n), mean_dh = (A)(tsdh / (double)n);
+        A mean_d = rms ? (A)0 : (A)(tsd * inv_n), mean_dh = (A)(tsdh * inv_n);
         // dx = rs·(g·w − mean_d − h·mean_dh). For 16-bit rows, expanded to (rs·w)·g + c1·x + c0 with
         // c1 = −rs²·mean_dh and c0 = −rs·mean_d − c1·μ: two FFMAs and a multiply a value. Where |μ| ≫ the
         // row's spread, c1·x and c0 cancel, losing log2(|μ|·rs) bits of f32's 24, still below bf16's 8.
@@ -236,12 +258,14 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
         for (int k = 0; k < KP; ++k) {
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
-            A wv[P::N];
-            load_param_pack<T, A>(w, pk, (A)1, wv);
-            P xv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k), out;
+            A wv[P::N], xv[P::N], gv[P::N];
+            weights(k, pk, wv);
+            widen(ring.get(row, slot, 0, k), xv);
+            widen(ring.get(row, slot, 1, k), gv);
+            P out;
 #pragma unroll
             for (int e = 0; e < P::N; ++e) {
-                A xe = to_acc<A>(xv.v[e]), ge = to_acc<A>(gv.v[e]);
+                A xe = xv[e], ge = gv[e];
                 if (SHORT) {
                     out.v[e] = from_acc<T>(fma(rs * wv[e], ge, fma(c1, xe, c0)));
                 } else {
@@ -366,21 +390,24 @@ FOR_FLOATS(NORM)
 
 // The fused backward: f32/bf16/f16 only (f64 would need twice the registers). At most FUSED_THREADS
 // threads, and each thread within 65536 / FUSED_THREADS registers (FUSED_BOUNDS), so every launch fits.
-// Registers of the fused backward: at most 80 on sm_90, so that three 256-thread blocks share an SM, not
-// two at 85. On an H200 the bf16 backward measured 62% of copy bandwidth at 85 and 60% at 80, no gain
-// beyond noise; the one-barrier reduction measured later (66%) ran with the cap. On older GPUs the bound
-// is the one FUSED_THREADS sets (sm_80 spills at 80). The kernels compile for the device only, one
-// architecture at a time, so the two declarations never meet.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define FUSED_BOUNDS __maxnreg__(80)
-#else
+// 16-bit rows on sm_90 get at most 80 registers (SHORT_FUSED_BOUNDS), so that three 256-thread blocks
+// share an SM, not two at 85. On an H200 the bf16 backward measured 62% of copy bandwidth at 85 and 60%
+// at 80, no gain beyond noise; the one-barrier reduction measured later (66%) ran with the cap. f32 rows
+// of 4096 fill 96 KiB of ring a block, so shared memory holds two blocks an SM whatever the registers: a
+// cap would only make the f32 kernel spill. On older GPUs the bound is the one FUSED_THREADS sets (sm_80
+// spills at 80). The kernels compile for the device only, one architecture at a time, so the two
+// declarations never meet.
 #define FUSED_BOUNDS __launch_bounds__(FUSED_THREADS)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SHORT_FUSED_BOUNDS __maxnreg__(80)
+#else
+#define SHORT_FUSED_BOUNDS FUSED_BOUNDS
 #endif
-#define NORM_FUSED(S, T) \
-    extern "C" __global__ void FUSED_BOUNDS norm_backward_fused_rows_##S( \
+#define NORM_FUSED(S, T, BOUNDS) \
+    extern "C" __global__ void BOUNDS norm_backward_fused_rows_##S( \
         const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
         int64_t n, int rms, float* pw, float* pb, int stages) { \
         norm_bwd_fused_rows<T>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb, stages); } \
     extern "C" __global__ void norm_backward_fused_finish_##S(const float* pw, const float* pb, int slices, int64_t n, T* gw, T* gb) { \
         norm_bwd_wb_finish<T, float>(pw, pb, slices, n, gw, gb); }
-NORM_FUSED(f32, float) NORM_FUSED(bf16, bf16) NORM_FUSED(f16, f16)
+NORM_FUSED(f32, float, FUSED_BOUNDS) NORM_FUSED(bf16, bf16, SHORT_FUSED_BOUNDS) NORM_FUSED(f16, f16, SHORT_FUSED_BOUNDS)

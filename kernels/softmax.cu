@@ -72,8 +72,10 @@ __device__ __forceinline__ void softmax_row(const RowRing<T, 1>& ring, int64_t r
         P v{};
         if (pk < np) v = ring.get(row, slot, 0, k);
         const int left = vis - pk * P::N;
+        A wide[P::N];
+        widen(v, wide);
 #pragma unroll
-        for (int e = 0; e < P::N; ++e) r[k * P::N + e] = e < left ? to_acc<A>(v.v[e]) : (A)-INFINITY;
+        for (int e = 0; e < P::N; ++e) r[k * P::N + e] = e < left ? wide[e] : (A)-INFINITY;
     }
     A m = -INFINITY;
 #pragma unroll
@@ -162,24 +164,23 @@ __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, in
 #pragma unroll
         for (int k = 0; k < RowPacks<T>::P; ++k) {
             if (threadIdx.x + (int64_t)k * blockDim.x >= np) continue;
-            P yv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k);
+            A yv[P::N], gv[P::N];
+            widen(ring.get(row, slot, 0, k), yv);
+            widen(ring.get(row, slot, 1, k), gv);
 #pragma unroll
-            for (int e = 0; e < P::N; ++e) {
-                A gi = to_acc<A>(gv.v[e]);
-                acc += log_ ? (S)gi : (S)(to_acc<A>(yv.v[e]) * gi);
-            }
+            for (int e = 0; e < P::N; ++e) acc += log_ ? (S)gv[e] : (S)(yv[e] * gv[e]);
         }
         A sum = (A)block_sum((double)acc, sh);
 #pragma unroll
         for (int k = 0; k < RowPacks<T>::P; ++k) {
             int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
             if (pk >= np) continue;
-            P yv = ring.get(row, slot, 0, k), gv = ring.get(row, slot, 1, k), out;
+            A yv[P::N], gv[P::N];
+            widen(ring.get(row, slot, 0, k), yv);
+            widen(ring.get(row, slot, 1, k), gv);
+            P out;
 #pragma unroll
-            for (int e = 0; e < P::N; ++e) {
-                A yi = to_acc<A>(yv.v[e]), gi = to_acc<A>(gv.v[e]);
-                out.v[e] = from_acc<T>(log_ ? gi - exp(yi) * sum : yi * (gi - sum));
-            }
+            for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>(log_ ? gv[e] - exp(yv[e]) * sum : yv[e] * (gv[e] - sum));
             reinterpret_cast<P*>(dx)[row * np + pk] = out;
         }
     });

@@ -45,8 +45,8 @@ inline int ring_stages(size_t n, size_t elem, unsigned threads, size_t arrays, s
 // which sends the host to the plain kernels. `resident`: blocks the GPU is taken to hold (the grid of
 // the kernels whose blocks walk rows); `ring_limit`: the shared memory a block may take (an H100's 227 KiB
 // gives every ring its RING_STAGES stages; smaller limits test shallower rings). `direct`: the ring
-// kernels in direct mode (stages 0, MUNJA_RING_STAGES=0): the forward a block per row, the fused backward's
-// blocks walking rows with loads straight into registers.
+// kernels in direct mode (stages 0, MUNJA_RING_STAGES=0): the forward a block per row; the fused backward,
+// which has no direct mode, a ring of one stage.
 template <typename T>
 void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift = 0, size_t resident = 264,
          size_t ring_limit = 227 * 1024, bool direct = false) {
@@ -115,11 +115,12 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     unsigned ft = fused_threads(n, sizeof(T), {x.ptr(), g.ptr(), gx.ptr(), wp});
     const char* bk;
     size_t fused_bytes = 0;
-    int fused_stages = ft ? ring_stages(n, sizeof(T), ft, 2, ring_limit, &fused_bytes) : 0;
-    if (direct) fused_stages = 0, fused_bytes = 0;
+    // The fused backward has no direct mode: MUNJA_RING_STAGES=0 gives it one stage (ring.rs).
+    int fused_stages = ft ? ring_stages(n, sizeof(T), ft, 2, direct ? SIZE_MAX : ring_limit, &fused_bytes) : 0;
+    if (direct && fused_stages) fused_bytes /= fused_stages, fused_stages = 1;
     char fused_name[80];
     snprintf(fused_name, sizeof fused_name, "norm_backward_fused_rows(stages=%d)+fused_finish", fused_stages);
-    if ((fused_stages || (direct && ft)) && rows > 0 && (has_w || has_b)) {
+    if (fused_stages && rows > 0 && (has_w || has_b)) {
         bk = fused_name;
         size_t blocks = std::max<size_t>(1, std::min<size_t>(resident, (rows + 15) / 16));
         Buf<float> pw(blocks * n), pb(blocks * n);

@@ -1,7 +1,7 @@
 //! Launchers for kernels/norm.cu (layer/RMS norm) and kernels/loss.cu (cross-entropy from logits).
 
 use super::device::{launch, launch_shared};
-use super::ring::ring_plan;
+use super::ring::{ring_plan, Direct};
 use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
@@ -75,7 +75,7 @@ pub(crate) fn norm_forward(
     if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
         let name = kname("norm_forward_rows", x.dtype());
-        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1, false)? {
+        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1, Direct::Allowed)? {
             let blocks = plan.blocks(rows);
             return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, plan.stages)
@@ -118,7 +118,7 @@ pub(crate) fn norm_backward(
     let name = kname("norm_backward_fused_rows", x.dtype());
     let ring = match fused {
         Some(t) if rows > 0 && (w.is_some() || has_bias) => {
-            ring_plan(dev, name, n, x.dtype(), t, 2, false)?.map(|r| (t, r))
+            ring_plan(dev, name, n, x.dtype(), t, 2, Direct::Never)?.map(|r| (t, r))
         }
         _ => None,
     };

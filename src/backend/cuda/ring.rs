@@ -34,6 +34,28 @@ fn stages_override() -> Option<usize> {
     })
 }
 
+/// Whether a ring kernel has the direct mode (stages 0), and whether it runs in it by default.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Direct {
+    /// Compiled out of the kernel (`RowRing<T, ARRAYS, false>`): `MUNJA_RING_STAGES=0` gives it one stage.
+    Never,
+    /// The ring by default; the direct mode under `MUNJA_RING_STAGES=0`.
+    Allowed,
+    /// The direct mode unless `MUNJA_RING_STAGES` sets stages.
+    Preferred,
+}
+
+impl Direct {
+    /// `Preferred` when `prefer`, else `Allowed`.
+    pub(crate) fn preferred_if(prefer: bool) -> Direct {
+        if prefer {
+            Direct::Preferred
+        } else {
+            Direct::Allowed
+        }
+    }
+}
+
 /// How a ring kernel launches: `stages` row slots taking `shared` bytes of dynamic shared memory per
 /// block, and the `resident` blocks of that size the whole device holds at once (the most the kernel's
 /// row walk can use). Stages 0 (direct mode): no shared memory; `blocks` then gives a block per row.
@@ -57,8 +79,8 @@ impl RingPlan {
 
 /// The plan for the row ring (RowRing in kernels/common.cuh) of kernel `name` in `threads`-thread
 /// blocks: `arrays` rows of n values per stage, each thread holding ceil(packs / threads) 16-byte packs;
-/// `default_stages` of them as far as the device lets one block have; or, with `prefer_direct`, the
-/// direct mode. None when not even one stage fits (f64 rows of 8192 values on an A100 do not).
+/// `default_stages` of them as far as the device lets one block have; or the direct mode as `direct`
+/// says. None when not even one stage fits (f64 rows of 8192 values on an A100 do not).
 ///
 /// A plan depends only on the device, the kernel, the block width, the slot size and the mode, and the
 /// shared-memory opt-in it makes stays with the loaded kernel: plans are kept per process, so a launch
@@ -70,18 +92,18 @@ pub(crate) fn ring_plan(
     dtype: DType,
     threads: u32,
     arrays: usize,
-    prefer_direct: bool,
+    direct: Direct,
 ) -> Result<Option<RingPlan>> {
-    type Key = (Device, &'static str, u32, usize, bool);
+    type Key = (Device, &'static str, u32, usize, Direct);
     static PLANS: OnceLock<Mutex<HashMap<Key, Option<RingPlan>>>> = OnceLock::new();
     let packs = n / (16 / dtype.size_in_bytes());
     let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
-    let key = (dev.device(), name, threads, stage, prefer_direct);
+    let key = (dev.device(), name, threads, stage, direct);
     let plans = PLANS.get_or_init(Default::default);
     if let Some(plan) = plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(*plan);
     }
-    let plan = plan_ring(dev, name, stage, threads, prefer_direct)?;
+    let plan = plan_ring(dev, name, stage, threads, direct)?;
     plans.lock().unwrap_or_else(|e| e.into_inner()).insert(key, plan);
     Ok(plan)
 }
@@ -92,9 +114,9 @@ fn plan_ring(
     name: &'static str,
     stage: usize,
     threads: u32,
-    prefer_direct: bool,
+    direct: Direct,
 ) -> Result<Option<RingPlan>> {
-    let max_stages = stages_override().unwrap_or(if prefer_direct { 0 } else { default_stages(stage) });
+    let max_stages = planned_stages(stages_override(), direct, stage);
     if max_stages == 0 {
         return Ok(Some(RingPlan { stages: 0, shared: 0, resident: dev.resident_blocks(name, threads, 0)? }));
     }
@@ -108,9 +130,33 @@ fn plan_ring(
     Ok(Some(RingPlan { stages: stages as i32, shared, resident }))
 }
 
+/// The stages asked for (before fitting): the `MUNJA_RING_STAGES` override if any, except that a kernel
+/// without the direct mode gets one stage for 0; else the direct mode where preferred, else
+/// `default_stages`.
+fn planned_stages(overridden: Option<usize>, direct: Direct, stage: usize) -> usize {
+    match (overridden, direct) {
+        (Some(0), Direct::Never) => 1,
+        (Some(s), _) => s,
+        (None, Direct::Preferred) => 0,
+        (None, _) => default_stages(stage),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::default_stages;
+    use super::{default_stages, planned_stages, Direct};
+
+    #[test]
+    fn direct_mode_only_where_the_kernel_has_it() {
+        let stage = 16 * 1024;
+        assert_eq!(planned_stages(None, Direct::Preferred, stage), 0);
+        assert_eq!(planned_stages(None, Direct::Allowed, stage), 3);
+        assert_eq!(planned_stages(None, Direct::Never, stage), 3);
+        assert_eq!(planned_stages(Some(0), Direct::Allowed, stage), 0);
+        assert_eq!(planned_stages(Some(0), Direct::Never, stage), 1);
+        assert_eq!(planned_stages(Some(2), Direct::Preferred, stage), 2);
+        assert_eq!(planned_stages(Some(2), Direct::Never, stage), 2);
+    }
 
     #[test]
     fn short_rows_get_deeper_rings() {
