@@ -46,6 +46,13 @@ template <> __device__ __forceinline__ uint8_t from_acc<uint8_t, double>(double 
     return (uint8_t)x;
 }
 
+// A value converted between element types. Same type: the value. Otherwise through f64, which matches the
+// CPU backend's rounding for every pair (bf16/f16 <-> f32 are exact through f64 too).
+template <typename S, typename D> __device__ __forceinline__ D convert(S x) {
+    if constexpr (std::is_same<S, D>::value) return x;
+    else return from_acc<D, double>(to_acc<double>(x));
+}
+
 // Up to this many dims after coalescing; the host rejects (or pre-copies) deeper views.
 #define MAX_DIMS 8
 

@@ -321,12 +321,7 @@ __device__ void where_kernel(const uint8_t* m, Strided sm, const T* a, Strided s
     GRID_LOOP(i, n) y[i] = m[flat_at(fm, sm, i, n)] ? a[flat_at(fa, sa, i, n)] : b[flat_at(fb, sb, i, n)];
 }
 
-// Contiguous out[i] = convert(x[view i]). Same type: a plain (strided) copy. Otherwise through f64, which
-// matches the CPU backend's rounding for every pair (bf16/f16 <-> f32 are exact through f64 too).
-template <typename S, typename D> __device__ __forceinline__ D convert(S x) {
-    if constexpr (std::is_same<S, D>::value) return x;
-    else return from_acc<D, double>(to_acc<double>(x));
-}
+// Contiguous out[i] = convert(x[view i]) (common.cuh).
 template <typename S, typename D> __device__ void cast_kernel(const S* x, Strided sx, D* y, int64_t n, int contig) {
     if (contig) {
         x += sx.offset;

@@ -22,7 +22,7 @@ use munja::data::{Split, TextDataset};
 use munja::dist::ProcessGroup;
 use munja::models::Gpt;
 use munja::nn::Module;
-use munja::optim::{clip_grad_norm, LrSchedule, MixedPrecision, Optimizer};
+use munja::optim::{clip_grad_norm_deferred, LrSchedule, MixedPrecision, Optimizer};
 use munja::{DType, Device, Error, Generator, Result, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,7 +315,8 @@ impl Trainer {
         // Under ZeRO-1 the groups clip after reducing the gradients, inside the step.
         if self.cfg.grad_clip > 0.0 && !self.opt.inner().is_sharded() {
             // The masters' gradients: f32 whatever the model computes in.
-            clip_grad_norm(&self.opt.inner().parameters(), self.cfg.grad_clip)?;
+            // The norm is not logged: left on the device, nothing waits for it.
+            clip_grad_norm_deferred(&self.opt.inner().parameters(), self.cfg.grad_clip)?;
         }
         self.opt.step()?;
         self.step += 1;

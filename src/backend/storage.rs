@@ -51,6 +51,12 @@ fn cpu_mut<'a>(op: &'static str, s: &'a mut Storage) -> Result<&'a mut CpuStorag
     }
 }
 
+/// One run of `Storage::cast_many`: source, its first element, destination, its first element, length.
+pub type CastRun<'a> = (&'a Storage, usize, &'a mut Storage, usize, usize);
+
+/// One parameter of `Storage::adam_update_many`: parameter, gradient, first and second moment.
+pub type AdamStorages<'a> = (&'a mut Storage, &'a Storage, &'a mut Storage, &'a mut Storage);
+
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
@@ -427,6 +433,95 @@ impl Storage {
                 cu::adam_update(p, cu(OP, g, d)?, cu_mut(OP, m, d)?, cu_mut(OP, v, d)?, h)
             }
         }
+    }
+    /// Fused Adam/AdamW updates of several whole parameters in place with one set of hyper-parameters,
+    /// each exactly as `adam_update`: on a GPU a launch per 32 parameters of a dtype (all on one device),
+    /// on the CPU one parameter after another.
+    pub fn adam_update_many(items: &mut [AdamStorages<'_>], h: AdamParams) -> Result<()> {
+        const OP: &str = "adam";
+        let Some(first) = items.first() else { return Ok(()) };
+        match first.0.device() {
+            Device::Cpu => items.iter_mut().try_for_each(|(p, g, m, v)| p.adam_update(g, m, v, h)),
+            d => {
+                let mut on_gpu = items
+                    .iter_mut()
+                    .map(|(p, g, m, v)| Ok((cu_mut(OP, p, d)?, cu(OP, g, d)?, cu_mut(OP, m, d)?, cu_mut(OP, v, d)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                cu::adam_update_many(&mut on_gpu, h)
+            }
+        }
+    }
+    /// Gradient clipping's scaling without reading anything back on a GPU: for each (storage, first
+    /// element, length) run, a new storage holding the run times max_norm / (sqrt(total) + 1e-6) where that
+    /// factor is below 1, else a copy. `total` is the one-element f64 sum of squares (`sum_squares`) on
+    /// the runs' device. On a GPU the kernel derives the factor (a launch per 32 runs of a dtype); on the
+    /// CPU the host does and scales as `mul_scalar`.
+    pub fn clip_scale(parts: &[(&Storage, usize, usize)], total: &Storage, max_norm: f64) -> Result<Vec<Storage>> {
+        const OP: &str = "clip_grad_norm";
+        match total {
+            Storage::Cpu(t) => {
+                let CpuStorage::F64(t) = t else {
+                    return Err(Error::DType { op: OP, expected: DType::F64, got: t.dtype() });
+                };
+                let coef = max_norm / (t.first().copied().unwrap_or(0.0).sqrt() + 1e-6);
+                parts
+                    .iter()
+                    .map(|&(s, at, len)| {
+                        let run = Layout::new(vec![len], vec![1], at);
+                        if coef < 1.0 {
+                            s.unary(&run, UnaryOp::Affine { mul: coef, add: 0.0 })
+                        } else {
+                            s.copy_strided(&run)
+                        }
+                    })
+                    .collect()
+            }
+            Storage::Cuda(t) => {
+                let d = t.device();
+                let gpu = parts.iter().map(|&(s, at, n)| Ok((cu(OP, s, d)?, at, n))).collect::<Result<Vec<_>>>()?;
+                Ok(cu::clip_scale(&gpu, t, max_norm)?.into_iter().map(Storage::Cuda).collect())
+            }
+        }
+    }
+    /// Each run (source, its first element, destination, its first element, length) converted into its
+    /// destination in place, as `cast_into` converts: mixed precision's casts between f32 masters and
+    /// 16-bit working copies. On a GPU the f32 <-> bf16/f16 runs go a launch per 32 of a dtype pair (the
+    /// rest one launch each); on the CPU one run after another. Destinations must not overlap sources.
+    pub fn cast_many(runs: &mut [CastRun<'_>]) -> Result<()> {
+        const OP: &str = "cast_many";
+        let listed = |s: &Storage, d: &Storage| cu::LIST_CASTS.contains(&(s.dtype(), d.dtype()));
+        let Some(first) = runs.first() else { return Ok(()) };
+        let dev = first.0.device();
+        if dev == Device::Cpu || runs.iter().any(|r| !listed(r.0, r.2)) {
+            for (s, at, d, to, len) in runs.iter_mut() {
+                let (from, into) = (Layout::new(vec![*len], vec![1], *at), Layout::new(vec![*len], vec![1], *to));
+                d.cast_into(&into, s, &from)?;
+            }
+            return Ok(());
+        }
+        let mut on_gpu = runs
+            .iter_mut()
+            .map(|(s, at, d, to, len)| Ok((cu(OP, s, dev)?, *at, cu_mut(OP, d, dev)?, *to, *len)))
+            .collect::<Result<Vec<_>>>()?;
+        cu::cast_many(&mut on_gpu)
+    }
+    /// Each (storage, first element, length) run converted to `dtype` in a new storage, as `cast`
+    /// converts: the working gradients widened onto the masters. On a GPU, f32 <-> bf16/f16 runs go a
+    /// launch per 32 (`cast_many`); otherwise one cast each.
+    pub fn cast_each(parts: &[(&Storage, usize, usize)], dtype: DType) -> Result<Vec<Storage>> {
+        const OP: &str = "cast_each";
+        let run = |at: usize, len: usize| Layout::new(vec![len], vec![1], at);
+        let Some(&(first, ..)) = parts.first() else { return Ok(vec![]) };
+        let dev = first.device();
+        if dev == Device::Cpu || parts.iter().any(|p| !cu::LIST_CASTS.contains(&(p.0.dtype(), dtype))) {
+            return parts.iter().map(|&(s, at, len)| s.cast(&run(at, len), dtype)).collect();
+        }
+        let srcs = parts.iter().map(|&(s, at, len)| Ok((cu(OP, s, dev)?, at, len))).collect::<Result<Vec<_>>>()?;
+        let mut outs =
+            srcs.iter().map(|(s, _, len)| CudaStorage::alloc(s.dev(), dtype, *len)).collect::<Result<Vec<_>>>()?;
+        let mut runs: Vec<_> = srcs.iter().zip(outs.iter_mut()).map(|(&(s, at, len), d)| (s, at, d, 0, len)).collect();
+        cu::cast_many(&mut runs)?;
+        Ok(outs.into_iter().map(Storage::Cuda).collect())
     }
     /// Fused SGD update of a whole parameter in place.
     pub fn sgd_update(&mut self, g: &Storage, buf: Option<&mut Storage>, h: SgdParams) -> Result<()> {

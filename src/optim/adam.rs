@@ -1,10 +1,10 @@
 //! Adam and AdamW through the fused `Storage::adam_update` kernel (one pass over parameter, gradient and
 //! both moments).
 
-use super::state::{check_hyper, check_params, snapshot, step_tensor, update_in_place, StateReader};
+use super::state::{check_grad, check_hyper, check_params, snapshot, step_tensor, update_in_place, Batch, StateReader};
 use super::Optimizer;
-use crate::backend::AdamParams;
-use crate::{Result, Tensor};
+use crate::backend::{AdamParams, AdamStorages, Storage};
+use crate::{Device, Error, Result, Tensor};
 
 /// Adam/AdamW hyper-parameters. `Default` is `torch.optim.Adam`'s (weight decay 0); `AdamConfig::adamw()`
 /// is `torch.optim.AdamW`'s (weight decay 0.01).
@@ -75,6 +75,26 @@ impl Adam {
     pub fn step_count(&self) -> u64 {
         self.step
     }
+    /// Updates the parameters `list` names (index, gradient) in one `Storage::adam_update_many` call.
+    fn update_together(&self, list: &[(usize, Tensor)], h: AdamParams) -> Result<()> {
+        let mut states = Vec::with_capacity(list.len());
+        for &(i, _) in list {
+            let (m, v) = self.state[i].as_ref().ok_or_else(|| Error::invalid(self.op(), "state missing"))?;
+            states.push((m, v));
+        }
+        let mut ps: Vec<_> = list.iter().map(|&(i, _)| self.params[i].1.storage_mut()).collect();
+        let gs: Vec<_> = list.iter().map(|(_, g)| g.storage()).collect();
+        let mut ms: Vec<_> = states.iter().map(|(m, _)| m.storage_mut()).collect();
+        let mut vs: Vec<_> = states.iter().map(|(_, v)| v.storage_mut()).collect();
+        let mut items: Vec<AdamStorages> = ps
+            .iter_mut()
+            .zip(&gs)
+            .zip(ms.iter_mut())
+            .zip(vs.iter_mut())
+            .map(|(((p, g), m), v)| (&mut **p, &**g, &mut **m, &mut **v))
+            .collect();
+        Storage::adam_update_many(&mut items, h)
+    }
 }
 
 impl Optimizer for Adam {
@@ -90,16 +110,31 @@ impl Optimizer for Adam {
             step: self.step + 1,
         };
         let op = self.op();
-        for ((name, p), slot) in self.params.iter().zip(self.state.iter_mut()) {
+        // Parameters are updated together, one list per device (a launch per 32 on a GPU), except those
+        // the batch cannot hold, which run one at a time.
+        let mut batch = Batch::default();
+        let mut by_device: Vec<(Device, Vec<(usize, Tensor)>)> = Vec::new();
+        for (i, ((name, p), slot)) in self.params.iter().zip(self.state.iter_mut()).enumerate() {
             let Some(g) = p.grad() else { continue };
+            check_grad(op, name, p, &g)?;
             let (m, v) = match slot {
                 Some(s) => s.clone(),
                 None => (p.detach().zeros_like()?, p.detach().zeros_like()?),
             };
+            *slot = Some((m.clone(), v.clone()));
+            if batch.admit(&[p, &m, &v], &[&g]) {
+                match by_device.iter_mut().find(|(d, _)| *d == p.device()) {
+                    Some((_, list)) => list.push((i, g)),
+                    None => by_device.push((p.device(), vec![(i, g)])),
+                }
+                continue;
+            }
             update_in_place(op, name, p, &g, |ps, gs| {
                 ps.adam_update(gs, &mut m.storage_mut(), &mut v.storage_mut(), h)
             })?;
-            *slot = Some((m, v));
+        }
+        for (_, list) in &by_device {
+            self.update_together(list, h)?;
         }
         self.step += 1;
         Ok(())

@@ -6,8 +6,10 @@
 //! rounds away entirely; late in training, with a decayed learning rate, most updates are that small. The
 //! masters accumulate them exactly as an f32 run would, and the optimizer state (Adam's moments) stays f32.
 
+use super::state::Batch;
 use super::Optimizer;
 use crate::autograd::NoGradGuard;
+use crate::backend::{CastRun, Storage};
 use crate::{DType, Error, Result, Tensor};
 use std::collections::{HashMap, HashSet};
 
@@ -161,15 +163,26 @@ impl<O: Optimizer> MixedPrecision<O> {
     /// nothing. `step` calls it first.
     pub fn gather_grads(&self) -> Result<()> {
         let _ng = NoGradGuard::new();
+        // A working gradient that starts its master's is widened with the others of its master dtype, a
+        // launch per 32 on a GPU; one added to a gradient already there (accumulation) goes alone.
+        let mut fresh: Vec<(&Pair, Tensor)> = Vec::new();
         for p in self.pairs.iter().filter(|p| p.shadowed()) {
             let Some(g) = p.working.grad() else { continue };
-            let wide = g.to_dtype(p.master.dtype())?;
-            let total = match p.master.grad() {
-                Some(prev) => prev.add(&wide)?,
-                None => wide,
-            };
-            p.master.set_grad(Some(total))?;
+            match p.master.grad() {
+                Some(prev) => p.master.set_grad(Some(prev.add(&g.to_dtype(p.master.dtype())?)?))?,
+                None => fresh.push((p, g.contiguous()?)),
+            }
             p.working.zero_grad();
+        }
+        for dtype in [DType::F32, DType::F64] {
+            let of_type: Vec<_> = fresh.iter().filter(|(p, _)| p.master.dtype() == dtype).collect();
+            let guards: Vec<_> = of_type.iter().map(|(_, g)| g.storage()).collect();
+            let parts: Vec<_> =
+                of_type.iter().zip(&guards).map(|((_, g), s)| (&**s, g.layout().offset(), g.numel())).collect();
+            let wide = Storage::cast_each(&parts, dtype)?;
+            for ((p, g), w) in of_type.iter().zip(wide) {
+                p.master.set_grad(Some(Tensor::from_storage(w, g.dims())))?;
+            }
         }
         Ok(())
     }
@@ -178,10 +191,26 @@ impl<O: Optimizer> MixedPrecision<O> {
     /// checkpoint; `step` does it after each update).
     pub fn sync_working(&self) -> Result<()> {
         let _ng = NoGradGuard::new();
+        // Together (a launch per 32 on a GPU) where the batch can hold them: dense working weights and
+        // masters, no buffer shared (`Batch`); the rest one at a time.
+        let mut batch = Batch::default();
+        let mut together = Vec::new();
         for p in self.pairs.iter().filter(|p| p.shadowed()) {
-            p.working.assign_cast(&p.master.detach())?;
+            if batch.admit(&[&p.working], &[&p.master]) {
+                together.push(p);
+            } else {
+                p.working.assign_cast(&p.master.detach())?;
+            }
         }
-        Ok(())
+        let masters: Vec<_> = together.iter().map(|p| p.master.storage()).collect();
+        let mut workings: Vec<_> = together.iter().map(|p| p.working.storage_mut()).collect();
+        let mut runs: Vec<CastRun> = together
+            .iter()
+            .zip(&masters)
+            .zip(workings.iter_mut())
+            .map(|((p, m), w)| (&**m, p.master.layout().offset(), &mut **w, 0, p.master.numel()))
+            .collect();
+        Storage::cast_many(&mut runs)
     }
 }
 

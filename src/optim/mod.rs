@@ -11,7 +11,7 @@ mod sgd;
 mod state;
 
 pub use adam::{Adam, AdamConfig, AdamW};
-pub use clip::clip_grad_norm;
+pub use clip::{clip_grad_norm, clip_grad_norm_deferred};
 pub use mixed::MixedPrecision;
 pub use schedule::{Constant, LrSchedule, WarmupCosine};
 pub use sgd::{Sgd, SgdConfig};

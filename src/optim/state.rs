@@ -44,6 +44,55 @@ pub(crate) fn snapshot(t: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_parts(Arc::new(RwLock::new(s)), Layout::contiguous(t.dims()), true))
 }
 
+/// Gradient `g` must have parameter `p`'s shape, dtype and device.
+pub(crate) fn check_grad(op: &'static str, name: &str, p: &Tensor, g: &Tensor) -> Result<()> {
+    if g.dims() != p.dims() || g.dtype() != p.dtype() || g.device() != p.device() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "gradient of '{name}' is {:?} {} on {}, the parameter {:?} {} on {}",
+                g.dims(),
+                g.dtype(),
+                g.device(),
+                p.dims(),
+                p.dtype(),
+                p.device()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parameters whose fused updates can run together, as one list per device (`Storage::adam_update_many`):
+/// every tensor dense, and no buffer that one member writes shared with any other tensor of the batch,
+/// since the batch holds all their locks at once and a buffer locked twice would deadlock. A parameter
+/// that does not qualify runs alone through `update_in_place`.
+#[derive(Default)]
+pub(crate) struct Batch {
+    writes: HashSet<usize>,
+    reads: HashSet<usize>,
+}
+
+impl Batch {
+    /// Admits a parameter whose update writes `writes` and reads `reads`, if it qualifies.
+    pub(crate) fn admit(&mut self, writes: &[&Tensor], reads: &[&Tensor]) -> bool {
+        let key = |t: &Tensor| Arc::as_ptr(t.storage_arc()) as usize;
+        let mut w: Vec<usize> = writes.iter().map(|t| key(t)).collect();
+        let r: Vec<usize> = reads.iter().map(|t| key(t)).collect();
+        w.sort_unstable();
+        let distinct = w.windows(2).all(|p| p[0] != p[1]);
+        let dense = writes.iter().chain(reads).all(|t| is_dense(t));
+        let clashes = w.iter().any(|k| self.writes.contains(k) || self.reads.contains(k) || r.contains(k))
+            || r.iter().any(|k| self.writes.contains(k));
+        if !distinct || !dense || clashes {
+            return false;
+        }
+        self.writes.extend(w);
+        self.reads.extend(r);
+        true
+    }
+}
+
 /// True when the view covers its whole storage row-major, which is what the fused kernels walk.
 fn is_dense(t: &Tensor) -> bool {
     t.is_contiguous() && t.layout().offset() == 0 && t.storage().len() == t.numel()
@@ -59,20 +108,7 @@ pub(crate) fn update_in_place(
     g: &Tensor,
     kernel: impl FnOnce(&mut Storage, &Storage) -> Result<()>,
 ) -> Result<()> {
-    if g.dims() != p.dims() || g.dtype() != p.dtype() || g.device() != p.device() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "gradient of '{name}' is {:?} {} on {}, the parameter {:?} {} on {}",
-                g.dims(),
-                g.dtype(),
-                g.device(),
-                p.dims(),
-                p.dtype(),
-                p.device()
-            ),
-        ));
-    }
+    check_grad(op, name, p, g)?;
     // A gradient sharing the parameter's buffer would deadlock (read and write lock on one storage).
     let g = if is_dense(g) && !Arc::ptr_eq(g.storage_arc(), p.storage_arc()) { g.clone() } else { snapshot(g)? };
     if is_dense(p) {

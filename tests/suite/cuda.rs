@@ -759,6 +759,39 @@ fn clip_grad_norm_matches_cpu_over_many_gradients() {
 }
 
 #[test]
+fn adamw_over_many_parameters_matches_cpu() {
+    // 40 parameters of one optimizer (two list launches of f32, one of f64), one spanning three chunks of
+    // the list kernel, one a view into a shared buffer (updated alone), against the same steps on the CPU.
+    let Some(d) = gpu() else { return };
+    use munja::optim::{AdamConfig, AdamW, Optimizer};
+    let cfg = AdamConfig { lr: 0.02, betas: (0.9, 0.98), eps: 1e-8, weight_decay: 0.05 };
+    let mut start: Vec<Tensor> =
+        (0..38).map(|i| randn(200 + i, &[(i as usize * 613) % 3000 + 1], DType::F32)).collect();
+    start.push(randn(300, &[150_000], DType::F32));
+    start.push(randn(301, &[77], DType::F64));
+    let make = |dev: Device| {
+        let mut ps: Vec<Tensor> = start.iter().map(|t| on(t, dev).set_requires_grad(true)).collect();
+        // A view at an offset in a bigger buffer: not dense, so it runs alone.
+        ps[5] = on(&start[5], dev).narrow(0, 0, start[5].dims()[0] / 2).unwrap().detach().set_requires_grad(true);
+        let named = ps.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.clone())).collect();
+        (ps, AdamW::new(named, cfg).unwrap())
+    };
+    let ((cpu, mut cpu_opt), (dev, mut dev_opt)) = (make(Device::Cpu), make(d));
+    for step in 0..3u64 {
+        for (i, (p, pg)) in cpu.iter().zip(&dev).enumerate() {
+            let g = randn(400 + 50 * step + i as u64, p.dims(), p.dtype());
+            p.set_grad(Some(g.clone())).unwrap();
+            pg.set_grad(Some(on(&g, d))).unwrap();
+        }
+        cpu_opt.step().unwrap();
+        dev_opt.step().unwrap();
+        for (i, (p, pg)) in cpu.iter().zip(&dev).enumerate() {
+            close(&format!("adamw step {step} parameter {i}"), pg, p, tol(p.dtype()));
+        }
+    }
+}
+
+#[test]
 fn mixed_precision_steps_match_cpu_and_round_the_masters_in_place() {
     // bf16 and f16 working weights on the GPU: after each step each is its master rounded (one cast kernel
     // straight into the weight), and the masters follow the CPU run of the same steps.

@@ -432,3 +432,78 @@ fn adam_trains_a_linear_regression() -> Result<()> {
     assert!(last < 1e-3, "loss {last}");
     assert_close(&lin.weight, &[2.0, -3.0], 0.02, "learned weight")
 }
+
+/// Parameters that a batched step must still update exactly once and exactly as alone: two views into one
+/// buffer (not dense: they run one at a time), two parameters given one gradient tensor (read twice in one
+/// batch), an f32 parameter beside the f64 ones, and one without a gradient (left alone).
+#[test]
+fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() -> Result<()> {
+    let mut g = Generator::new(7);
+    let shared = Tensor::randn_with(&mut g, &[10], DType::F64, CPU)?;
+    let make = |gen: &mut Generator| -> Result<Vec<Tensor>> {
+        let shared = shared.mul_scalar(1.0)?; // a buffer of its own for each run
+        let fresh = |gen: &mut Generator, n: usize, dt: DType| {
+            Ok::<_, munja::Error>(Tensor::randn_with(gen, &[n], dt, CPU)?.set_requires_grad(true))
+        };
+        Ok(vec![
+            shared.narrow(0, 0, 4)?.detach().set_requires_grad(true),
+            shared.narrow(0, 4, 6)?.detach().set_requires_grad(true),
+            fresh(gen, 5, DType::F64)?,
+            fresh(gen, 5, DType::F64)?,
+            fresh(gen, 300, DType::F32)?,
+            fresh(gen, 3, DType::F64)?,
+        ])
+    };
+    let (together, alone) = (make(&mut Generator::new(1))?, make(&mut Generator::new(1))?);
+    let cfg = AdamConfig { lr: 0.05, betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.1 };
+    let named = |ps: &[Tensor]| ps.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.clone())).collect::<Vec<_>>();
+    let mut opt = AdamW::new(named(&together), cfg)?;
+    let mut singles: Vec<AdamW> =
+        alone.iter().map(|p| AdamW::new(vec![("p".to_string(), p.clone())], cfg)).collect::<Result<_>>()?;
+    for step in 0..3 {
+        let common = Tensor::randn_with(&mut g, &[5], DType::F64, CPU)?;
+        for (i, (a, b)) in together.iter().zip(&alone).enumerate() {
+            if i == 5 {
+                continue; // no gradient
+            }
+            let grad =
+                if i == 2 || i == 3 { common.clone() } else { Tensor::randn_with(&mut g, a.dims(), a.dtype(), CPU)? };
+            a.set_grad(Some(grad.clone()))?;
+            b.set_grad(Some(grad.contiguous()?.to_dtype(b.dtype())?))?;
+        }
+        opt.step()?;
+        for s in singles.iter_mut() {
+            s.step()?;
+        }
+        for (i, (a, b)) in together.iter().zip(&alone).enumerate() {
+            assert_eq!(a.to_vec_f64()?, b.to_vec_f64()?, "step {step}: parameter {i}");
+        }
+    }
+    Ok(())
+}
+
+/// The deferred form leaves the norm a tensor (f64, one element) on the gradients' device, scales what
+/// `clip_grad_norm` scales, never writes into a gradient buffer the caller still holds, and is None without
+/// gradients. A norm a hair over max_norm (within the 1e-6) is clipped, as PyTorch's clamped coefficient is.
+#[test]
+fn clip_grad_norm_deferred_returns_the_norm_as_a_tensor_and_leaves_held_gradients_alone() -> Result<()> {
+    use munja::optim::clip_grad_norm_deferred;
+    let (a, b) = (param(&[0.0, 0.0])?, param(&[0.0])?);
+    let held = f64s(&[3.0, 4.0])?;
+    a.set_grad(Some(held.clone()))?;
+    b.set_grad(Some(f64s(&[12.0])?))?;
+    let norm = clip_grad_norm_deferred(&[a.clone(), b.clone()], 6.5)?.expect("gradients");
+    assert_eq!((norm.dims().to_vec(), norm.dtype(), norm.device()), (vec![], DType::F64, CPU));
+    assert!((norm.item()? - 13.0).abs() < 1e-12);
+    let s = 6.5 / (13.0 + 1e-6);
+    assert_close(&a.grad().unwrap(), &[3.0 * s, 4.0 * s], 1e-14, "a")?;
+    assert_eq!(held.to_vec_f64()?, [3.0, 4.0], "the caller's tensor is not scaled in place");
+    assert!(clip_grad_norm_deferred(&[param(&[1.0])?], 1.0)?.is_none());
+
+    let c = param(&[0.0])?;
+    c.set_grad(Some(f64s(&[1.0 + 5e-7])?))?;
+    clip_grad_norm(std::slice::from_ref(&c), 1.0)?;
+    let want = (1.0 + 5e-7) * (1.0 / (1.0 + 5e-7 + 1e-6));
+    assert_eq!(c.grad().unwrap().to_vec_f64()?, [want]);
+    Ok(())
+}

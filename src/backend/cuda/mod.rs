@@ -14,6 +14,7 @@ mod blas;
 mod device;
 mod elementwise;
 mod index;
+mod lists;
 mod module;
 mod norm;
 mod optim;
@@ -36,8 +37,9 @@ pub(crate) use device::CudaDevice;
 pub(crate) use blas::matmul;
 pub(crate) use elementwise::{binary, cast, cast_into, compare, copy_into, unary, where_cond};
 pub(crate) use index::{gather, index_add, index_select, scatter_add};
+pub(crate) use lists::{adam_update_many, cast_many, clip_scale, sum_squares, LIST_CASTS};
 pub(crate) use norm::{cross_entropy_backward, cross_entropy_forward, norm_backward, norm_forward};
-pub(crate) use optim::{adam_update, sgd_update, sum_squares};
+pub(crate) use optim::{adam_update, sgd_update};
 pub(crate) use reduce::{argmax, reduce};
 pub(crate) use softmax::{softmax, softmax_backward};
 

@@ -32,7 +32,11 @@ pub fn kernel_names() -> Vec<String> {
     per(&mut v, &["unary", "softmax", "softmax_backward", "norm_forward", "norm_backward_x"], &FLOATS);
     per(&mut v, &["softmax_rows", "softmax_backward_rows", "norm_forward_rows", "norm_backward_x_rows"], &FLOATS);
     per(&mut v, &["norm_backward_wb_partial", "norm_backward_wb_finish"], &FLOATS);
-    per(&mut v, &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal", "sum_squares"], &FLOATS);
+    per(
+        &mut v,
+        &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal", "sum_squares", "clip_scale"],
+        &FLOATS,
+    );
     per(&mut v, &["binary", "binary_rows"], &["f32", "f64", "bf16", "f16", "i64"]);
     per(&mut v, &["compare", "where", "copy_into", "fill", "reduce_rows", "reduce_finish", "reduce_small"], &ALL);
     per(
@@ -40,12 +44,15 @@ pub fn kernel_names() -> Vec<String> {
         &["argmax", "index_select", "index_add", "index_add_sorted", "gather", "scatter_add", "transpose_copy"],
         &ALL,
     );
-    per(&mut v, &["adam_update", "sgd_update"], &["f32", "f64"]);
+    per(&mut v, &["adam_update", "adam_update_list", "sgd_update"], &["f32", "f64"]);
     per(&mut v, &["norm_backward_fused_rows", "norm_backward_fused_finish"], &["f32", "bf16", "f16"]);
     for s in ALL {
         for d in ALL {
             v.push(format!("cast_{s}_{d}"));
         }
+    }
+    for (s, d) in super::lists::LIST_CASTS {
+        v.push(format!("cast_list_{}_{}", s.name(), d.name()));
     }
     v
 }
