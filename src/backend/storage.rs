@@ -54,8 +54,9 @@ fn cpu_mut<'a>(op: &'static str, s: &'a mut Storage) -> Result<&'a mut CpuStorag
 /// One run of `Storage::cast_many`: source, its first element, destination, its first element, length.
 pub type CastRun<'a> = (&'a Storage, usize, &'a mut Storage, usize, usize);
 
-/// One parameter of `Storage::adam_update_many`: parameter, gradient, first and second moment.
-pub type AdamStorages<'a> = (&'a mut Storage, &'a Storage, &'a mut Storage, &'a mut Storage);
+/// One parameter of `Storage::adam_update_many`: parameter, gradient and the gradient's first element (a
+/// run of the parameter's length), first and second moment.
+pub type AdamStorages<'a> = (&'a mut Storage, (&'a Storage, usize), &'a mut Storage, &'a mut Storage);
 
 impl Storage {
     pub fn device(&self) -> Device {
@@ -441,11 +442,19 @@ impl Storage {
         const OP: &str = "adam";
         let Some(first) = items.first() else { return Ok(()) };
         match first.0.device() {
-            Device::Cpu => items.iter_mut().try_for_each(|(p, g, m, v)| p.adam_update(g, m, v, h)),
+            Device::Cpu => items.iter_mut().try_for_each(|(p, (g, at), m, v)| {
+                if *at == 0 && g.len() == p.len() {
+                    return p.adam_update(g, m, v, h);
+                }
+                let run = g.copy_strided(&Layout::new(vec![p.len()], vec![1], *at))?;
+                p.adam_update(&run, m, v, h)
+            }),
             d => {
                 let mut on_gpu = items
                     .iter_mut()
-                    .map(|(p, g, m, v)| Ok((cu_mut(OP, p, d)?, cu(OP, g, d)?, cu_mut(OP, m, d)?, cu_mut(OP, v, d)?)))
+                    .map(|(p, (g, at), m, v)| {
+                        Ok((cu_mut(OP, p, d)?, (cu(OP, g, d)?, *at), cu_mut(OP, m, d)?, cu_mut(OP, v, d)?))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 cu::adam_update_many(&mut on_gpu, h)
             }

@@ -91,7 +91,8 @@ impl Adam {
             .zip(&gs)
             .zip(ms.iter_mut())
             .zip(vs.iter_mut())
-            .map(|(((p, g), m), v)| (&mut **p, &**g, &mut **m, &mut **v))
+            .zip(list)
+            .map(|((((p, g), m), v), (_, gt))| (&mut **p, (&**g, gt.layout().offset()), &mut **m, &mut **v))
             .collect();
         Storage::adam_update_many(&mut items, h)
     }

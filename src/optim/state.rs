@@ -64,7 +64,8 @@ pub(crate) fn check_grad(op: &'static str, name: &str, p: &Tensor, g: &Tensor) -
 }
 
 /// Parameters whose fused updates can run together, as one list per device (`Storage::adam_update_many`):
-/// every tensor dense, and no buffer that one member writes shared with any other tensor of the batch,
+/// what they write dense, what they read contiguous (a run at an offset, as data-parallel gradients in
+/// their bucket are), and no buffer that one member writes shared with any other tensor of the batch,
 /// since the batch holds all their locks at once and a buffer locked twice would deadlock. A parameter
 /// that does not qualify runs alone through `update_in_place`.
 #[derive(Default)]
@@ -81,7 +82,7 @@ impl Batch {
         let r: Vec<usize> = reads.iter().map(|t| key(t)).collect();
         w.sort_unstable();
         let distinct = w.windows(2).all(|p| p[0] != p[1]);
-        let dense = writes.iter().chain(reads).all(|t| is_dense(t));
+        let dense = writes.iter().all(|t| is_dense(t)) && reads.iter().all(|t| t.is_contiguous());
         let clashes = w.iter().any(|k| self.writes.contains(k) || self.reads.contains(k) || r.contains(k))
             || r.iter().any(|k| self.writes.contains(k));
         if !distinct || !dense || clashes {

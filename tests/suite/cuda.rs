@@ -761,7 +761,8 @@ fn clip_grad_norm_matches_cpu_over_many_gradients() {
 #[test]
 fn adamw_over_many_parameters_matches_cpu() {
     // 40 parameters of one optimizer (two list launches of f32, one of f64), one spanning three chunks of
-    // the list kernel, one a view into a shared buffer (updated alone), against the same steps on the CPU.
+    // the list kernel, one a view into a shared buffer (updated alone), one whose gradient sits at an
+    // offset in a bigger buffer, against the same steps on the CPU.
     let Some(d) = gpu() else { return };
     use munja::optim::{AdamConfig, AdamW, Optimizer};
     let cfg = AdamConfig { lr: 0.02, betas: (0.9, 0.98), eps: 1e-8, weight_decay: 0.05 };
@@ -779,9 +780,17 @@ fn adamw_over_many_parameters_matches_cpu() {
     let ((cpu, mut cpu_opt), (dev, mut dev_opt)) = (make(Device::Cpu), make(d));
     for step in 0..3u64 {
         for (i, (p, pg)) in cpu.iter().zip(&dev).enumerate() {
-            let g = randn(400 + 50 * step + i as u64, p.dims(), p.dtype());
-            p.set_grad(Some(g.clone())).unwrap();
-            pg.set_grad(Some(on(&g, d))).unwrap();
+            // Parameter 7's gradient is a run at an offset in a bigger buffer, as in a data-parallel bucket.
+            let n = p.numel();
+            let big = randn(400 + 50 * step + i as u64, &[n + 5], p.dtype());
+            p.set_grad(Some(big.narrow(0, 5, n).unwrap().reshape(p.dims()).unwrap())).unwrap();
+            let on_dev = on(&big, d);
+            let g = if i == 7 {
+                on_dev.narrow(0, 5, n).unwrap()
+            } else {
+                on_dev.narrow(0, 5, n).unwrap().contiguous().unwrap()
+            };
+            pg.set_grad(Some(g.reshape(p.dims()).unwrap())).unwrap();
         }
         cpu_opt.step().unwrap();
         dev_opt.step().unwrap();

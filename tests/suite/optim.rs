@@ -435,7 +435,8 @@ fn adam_trains_a_linear_regression() -> Result<()> {
 
 /// Parameters that a batched step must still update exactly once and exactly as alone: two views into one
 /// buffer (not dense: they run one at a time), two parameters given one gradient tensor (read twice in one
-/// batch), an f32 parameter beside the f64 ones, and one without a gradient (left alone).
+/// batch), an f32 parameter beside the f64 ones with its gradient at an offset in a bigger buffer, and one
+/// without a gradient (left alone).
 #[test]
 fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() -> Result<()> {
     let mut g = Generator::new(7);
@@ -466,10 +467,14 @@ fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() ->
             if i == 5 {
                 continue; // no gradient
             }
-            let grad =
-                if i == 2 || i == 3 { common.clone() } else { Tensor::randn_with(&mut g, a.dims(), a.dtype(), CPU)? };
+            let grad = match i {
+                2 | 3 => common.clone(),
+                // A run at an offset in a bigger buffer, as data-parallel gradients sit in their bucket.
+                4 => Tensor::randn_with(&mut g, &[400], DType::F32, CPU)?.narrow(0, 7, 300)?,
+                _ => Tensor::randn_with(&mut g, a.dims(), a.dtype(), CPU)?,
+            };
             a.set_grad(Some(grad.clone()))?;
-            b.set_grad(Some(grad.contiguous()?.to_dtype(b.dtype())?))?;
+            b.set_grad(Some(grad.mul_scalar(1.0)?))?; // a buffer of its own
         }
         opt.step()?;
         for s in singles.iter_mut() {

@@ -203,8 +203,10 @@ pub(crate) fn cast_many(runs: &mut [CastRun<'_>]) -> Result<()> {
     Ok(())
 }
 
-/// One parameter of `adam_update_many`: parameter, gradient, first and second moment.
-pub(crate) type AdamItem<'a> = (&'a mut CudaStorage, &'a CudaStorage, &'a mut CudaStorage, &'a mut CudaStorage);
+/// One parameter of `adam_update_many`: parameter, gradient and the gradient's first element (a run of
+/// the parameter's length), first and second moment.
+pub(crate) type AdamItem<'a> =
+    (&'a mut CudaStorage, (&'a CudaStorage, usize), &'a mut CudaStorage, &'a mut CudaStorage);
 
 /// Adam/AdamW on several parameters with one set of hyper-parameters (one optimizer step), each element
 /// exactly as `adam_update` computes it: a launch per 32 parameters of a dtype instead of one each. All
@@ -212,9 +214,13 @@ pub(crate) type AdamItem<'a> = (&'a mut CudaStorage, &'a CudaStorage, &'a mut Cu
 pub(crate) fn adam_update_many(items: &mut [AdamItem<'_>], h: AdamParams) -> Result<()> {
     let Some(first) = items.first() else { return Ok(()) };
     let dev = first.0.dev().clone();
-    for (p, g, m, v) in items.iter() {
+    for (p, (g, at), m, v) in items.iter() {
         same_device("adam", first.0, p)?;
-        check("adam", p, &[g, m, v])?;
+        check("adam", p, &[m, v])?;
+        check_run("adam", p, g, *at, p.len())?;
+        if g.dtype() != p.dtype() {
+            return Err(Error::DType { op: "adam", expected: p.dtype(), got: g.dtype() });
+        }
     }
     let (step_size, bc2_sqrt, decay) = adam_constants(h);
     for dtype in [DType::F32, DType::F64] {
@@ -223,8 +229,8 @@ pub(crate) fn adam_update_many(items: &mut [AdamItem<'_>], h: AdamParams) -> Res
             let (chunks, blocks) = Chunks::of(group.iter().map(|it| it.0.len()));
             let z = [0; TENSOR_LIST_MAX];
             let mut l = AdamList { p: z, g: z, m: z, v: z, chunks };
-            for (i, (p, g, m, v)) in group.iter().map(|it| &**it).enumerate() {
-                (l.p[i], l.g[i], l.m[i], l.v[i]) = (p.ptr(), g.ptr(), m.ptr(), v.ptr());
+            for (i, (p, (g, at), m, v)) in group.iter().map(|it| &**it).enumerate() {
+                (l.p[i], l.g[i], l.m[i], l.v[i]) = (p.ptr(), g.ptr_at(*at), m.ptr(), v.ptr());
             }
             launch!(dev, kname("adam_update_list", dtype), (blocks as u32, 1, 1), (THREADS, 1, 1);
                 l, h.beta1, h.beta2, h.eps, h.weight_decay, step_size, bc2_sqrt, decay, h.decoupled as i32)?;
