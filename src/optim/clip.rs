@@ -2,7 +2,7 @@
 
 use crate::autograd::NoGradGuard;
 use crate::backend::Storage;
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 use std::collections::HashSet;
 
 /// Scales every gradient by max_norm/(norm + 1e-6) where that factor is below 1, norm being the L2 norm
@@ -21,8 +21,9 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
 /// one-element f64 tensor (None when no parameter has a gradient), and on a GPU the scaling factor is
 /// derived there too, so the host goes on enqueueing the optimizer step while the GPU still runs the
 /// backward. Reading the norm (`item`) waits; a training loop that logs it now and then keeps the GPU fed.
-/// Each gradient is replaced by a new tensor (scaled, or a copy), never scaled in place: a gradient may
-/// share its buffer with a tensor the caller holds.
+/// Clipped gradients are replaced by new tensors, never scaled in place (a gradient may share its buffer
+/// with a tensor the caller holds); on a GPU every gradient is (a copy where within the limit), since the
+/// host does not know whether clipping happened.
 pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Option<Tensor>> {
     check_max_norm("clip_grad_norm", max_norm)?;
     let _ng = NoGradGuard::new();
@@ -31,7 +32,9 @@ pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Optio
         params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| p.grad().map(|g| (p, g))).collect();
     let owned: Vec<Tensor> = grads.iter().map(|(_, g)| g.clone()).collect();
     let Some(total) = squared_total(&owned)? else { return Ok(None) };
-    if owned.iter().all(|g| g.device() == total.device()) {
+    // On a GPU the kernel derives the factor; on the CPU reading the norm costs no wait, and gradients
+    // within the limit are left as they are rather than copied.
+    if total.device() != Device::Cpu && owned.iter().all(|g| g.device() == total.device()) {
         let runs = owned.iter().map(|g| g.contiguous()).collect::<Result<Vec<_>>>()?;
         let guards: Vec<_> = runs.iter().map(|g| g.storage()).collect();
         let parts: Vec<_> = runs.iter().zip(&guards).map(|(g, s)| (&**s, g.layout().offset(), g.numel())).collect();
@@ -40,7 +43,7 @@ pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Optio
             p.set_grad(Some(Tensor::from_storage(s, g.dims())))?;
         }
     } else {
-        // Gradients spread over devices: the host derives the factor from the norm.
+        // The CPU, or gradients spread over devices: the host derives the factor from the norm.
         if let Some(coef) = clip_coefficient(total.sqrt()?.item()?, max_norm) {
             for (p, g) in &grads {
                 p.set_grad(Some(g.mul_scalar(coef)?))?;
@@ -91,4 +94,28 @@ pub(crate) fn squared_sum(g: &Tensor) -> Result<Tensor> {
 pub(crate) fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
     let coef = max_norm / (norm + 1e-6);
     (coef < 1.0).then_some(coef)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::Storage;
+    use crate::{DType, Device, Result, Tensor};
+
+    /// `Storage::clip_scale` on the CPU (the library clips CPU gradients on the host): runs at offsets,
+    /// scaled as `mul_scalar` scales where the factor is below 1, copied otherwise.
+    #[test]
+    fn clip_scale_on_the_cpu_scales_like_mul_scalar_or_copies() -> Result<()> {
+        let g = Tensor::from_vec((0..10).map(|i| i as f32 - 4.5).collect(), &[10], Device::Cpu)?;
+        for (total, max_norm) in [(400.0f64, 1.0), (0.25, 1.0), (f64::NAN, 1.0)] {
+            let t = Tensor::scalar(total, DType::F64, Device::Cpu)?;
+            let (gs, ts) = (g.storage(), t.storage());
+            let out = Storage::clip_scale(&[(&*gs, 2, 5), (&*gs, 0, 10)], &ts, max_norm)?;
+            let coef = max_norm / (total.sqrt() + 1e-6);
+            let want = if coef < 1.0 { g.mul_scalar(coef)? } else { g.clone() };
+            let got: Vec<_> = out.into_iter().zip([5, 10]).map(|(s, n)| Tensor::from_storage(s, &[n])).collect();
+            assert_eq!(got[0].to_vec::<f32>()?, want.narrow(0, 2, 5)?.to_vec::<f32>()?, "total {total}");
+            assert_eq!(got[1].to_vec::<f32>()?, want.to_vec::<f32>()?, "total {total}");
+        }
+        Ok(())
+    }
 }

@@ -89,8 +89,7 @@ fn copy_lists(runs: &[(u64, u64, usize)]) -> Vec<(CopyList, usize)> {
         .collect()
 }
 
-/// Checks that a (storage, first element, length) run of a float dtype lies in its storage on `dev`'s
-/// device.
+/// Checks that a run (`at`, `len`) of float storage `s` lies inside it, on the device of `on`.
 fn check_run(op: &'static str, on: &CudaStorage, s: &CudaStorage, at: usize, len: usize) -> Result<()> {
     same_device(op, on, s)?;
     if !s.dtype().is_float() {
