@@ -32,6 +32,7 @@ pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Optio
         params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| p.grad().map(|g| (p, g))).collect();
     let owned: Vec<Tensor> = grads.iter().map(|(_, g)| g.clone()).collect();
     let Some(total) = squared_total(&owned)? else { return Ok(None) };
+    let norm = total.sqrt()?;
     // On a GPU the kernel derives the factor; on the CPU reading the norm costs no wait, and gradients
     // within the limit are left as they are rather than copied.
     if total.device() != Device::Cpu && owned.iter().all(|g| g.device() == total.device()) {
@@ -44,13 +45,13 @@ pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Optio
         }
     } else {
         // The CPU, or gradients spread over devices: the host derives the factor from the norm.
-        if let Some(coef) = clip_coefficient(total.sqrt()?.item()?, max_norm) {
+        if let Some(coef) = clip_coefficient(norm.item()?, max_norm) {
             for (p, g) in &grads {
                 p.set_grad(Some(g.mul_scalar(coef)?))?;
             }
         }
     }
-    Ok(Some(total.sqrt()?))
+    Ok(Some(norm))
 }
 
 /// Σ g² over all of `grads` as a one-element f64 tensor (None when there are none). Gradients on one
