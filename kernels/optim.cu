@@ -34,23 +34,32 @@ __device__ void adam_k(T* p, const T* g, T* m, T* v, int64_t n, const AdamConsts
     GRID_LOOP(i, n) adam_elem(p, g, m, v, i, k);
 }
 
-// SGD: b = first ? g' : mom·b + (1−dampening)·g' with g' = g + wd·p; p −= lr·(nesterov ? g' + mom·b : b).
-// Without a buffer (`b` null): p −= lr·g'.
+// SGD's constants in the parameter's type; `damp` is 1 − dampening, computed on the host in f64.
+template <typename T> struct SgdConsts {
+    T lr, mom, damp, wd;
+    bool nesterov;
+    __device__ SgdConsts(double lr_, double mom_, double damp_, double wd_, int nesterov_)
+        : lr(lr_), mom(mom_), damp(damp_), wd(wd_), nesterov(nesterov_ != 0) {}
+};
+
+// One element of SGD, in place: b = first ? g' : mom·b + (1−dampening)·g' with g' = g + wd·p;
+// p −= lr·(nesterov ? g' + mom·b : b). Without a buffer (`b` null): p −= lr·g'.
 template <typename T>
-__device__ void sgd_k(T* p, const T* g, T* b, int64_t n, double lr_, double mom_, double damp_, double wd_, int nesterov, int first) {
-    T lr = lr_, mom = mom_, damp = damp_, wd = wd_;
-    GRID_LOOP(i, n) {
-        T pi = p[i];
-        T gi = g[i] + wd * pi;
-        if (!b) {
-            p[i] = pi - lr * gi;
-            continue;
-        }
-        T bi = first ? gi : mom * b[i] + damp * gi;
-        b[i] = bi;
-        T d = nesterov ? gi + mom * bi : bi;
-        p[i] = pi - lr * d;
+__device__ __forceinline__ void sgd_elem(T* p, const T* g, T* b, int64_t i, const SgdConsts<T>& k, bool first) {
+    T pi = p[i];
+    T gi = g[i] + k.wd * pi;
+    if (!b) {
+        p[i] = pi - k.lr * gi;
+        return;
     }
+    T bi = first ? gi : k.mom * b[i] + k.damp * gi;
+    b[i] = bi;
+    T d = k.nesterov ? gi + k.mom * bi : bi;
+    p[i] = pi - k.lr * d;
+}
+
+template <typename T> __device__ void sgd_k(T* p, const T* g, T* b, int64_t n, const SgdConsts<T>& k, bool first) {
+    GRID_LOOP(i, n) sgd_elem(p, g, b, i, k, first);
 }
 
 // Up to TENSOR_LIST_MAX tensors of one dtype for one launch (PyTorch's multi_tensor_apply idea): the list
@@ -95,6 +104,25 @@ template <typename T> __device__ void adam_list_k(const AdamList& l, const AdamC
     T *p = static_cast<T*>(l.p[i]), *m = static_cast<T*>(l.m[i]), *v = static_cast<T*>(l.v[i]);
     const T* g = static_cast<const T*>(l.g[i]);
     for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) adam_elem(p, g, m, v, j, k);
+}
+
+// SGD over up to TENSOR_LIST_MAX parameters with one set of hyper-parameters, each element exactly as
+// sgd_k computes it. Bit i of `first` says parameter i's momentum buffer is new (its first step copies
+// the gradient in); b[i] is null without momentum.
+struct SgdList {
+    void* p[TENSOR_LIST_MAX];
+    const void* g[TENSOR_LIST_MAX];
+    void* b[TENSOR_LIST_MAX];
+    Chunks chunks;
+};
+
+template <typename T> __device__ void sgd_list_k(const SgdList& l, const SgdConsts<T>& k, uint32_t first) {
+    int64_t lo, hi;
+    const int i = list_chunk(l.chunks, blockIdx.x, lo, hi);
+    T *p = static_cast<T*>(l.p[i]), *b = static_cast<T*>(l.b[i]);
+    const T* g = static_cast<const T*>(l.g[i]);
+    const bool is_first = (first >> i) & 1u;
+    for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) sgd_elem(p, g, b, j, k, is_first);
 }
 
 // partial[base + b] = Σ x² over block b's chunk: squares in the compute type (f32, or f64 for f64), sums
@@ -166,7 +194,10 @@ FOR_FLOATS(SUM_SQUARES)
         adam_list_k<T>(l, AdamConsts<T>(b1, b2, eps, wd, step_size, bc2_sqrt, decay, decoupled)); } \
     extern "C" __global__ void sgd_update_##S(T* p, const T* g, T* b, int64_t n, double lr, double mom, double damp, \
                                               double wd, int nesterov, int first) { \
-        sgd_k<T>(p, g, b, n, lr, mom, damp, wd, nesterov, first); }
+        sgd_k<T>(p, g, b, n, SgdConsts<T>(lr, mom, damp, wd, nesterov), first != 0); } \
+    extern "C" __global__ void sgd_update_list_##S(SgdList l, double lr, double mom, double damp, double wd, int nesterov, \
+                                                   uint32_t first) { \
+        sgd_list_k<T>(l, SgdConsts<T>(lr, mom, damp, wd, nesterov), first); }
 OPTIM(f32, float) OPTIM(f64, double)
 
 #define CAST_LIST(S, TS, D, TD) \

@@ -274,12 +274,17 @@ impl Trainer {
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, the update. Returns the mean loss and
     /// the learning rate used.
+    ///
+    /// The loss is read back once, after the whole step is queued: the micro-batches' losses add up on the
+    /// device, so the host never waits for the GPU between micro-batches or before the update. A loss that
+    /// is not finite is still an error, raised after the update rather than before it: the weights in
+    /// memory are then spoilt, but the run stops there and its last checkpoint on disk is untouched.
     pub fn train_step(&mut self) -> Result<(f64, f64)> {
         let lr = self.cfg.schedule().lr_at(self.step);
         self.opt.set_lr(lr);
         self.opt.zero_grad();
         let (accum, device) = (self.cfg.grad_accum, self.device());
-        let mut loss_sum = 0.0;
+        let mut loss_sum: Option<Tensor> = None;
         for micro in 0..accum {
             let (x, y) = self.data.batch(
                 Split::Train,
@@ -300,16 +305,10 @@ impl Trainer {
             drop(quiet);
             // In bf16, the micro-batches' gradients add up in f32 on the masters (a no-op in f32).
             self.opt.gather_grads()?;
-            loss_sum += loss.item()?;
-        }
-        let loss = loss_sum / accum as f64;
-        if !loss.is_finite() {
-            return Err(Error::Invalid {
-                op: "train",
-                detail: format!(
-                    "the loss is {loss} at step {}: training diverged (try a lower --lr or --grad-clip 1)",
-                    self.step + 1
-                ),
+            let loss = loss.detach().to_dtype(DType::F32)?;
+            loss_sum = Some(match loss_sum {
+                None => loss,
+                Some(sum) => sum.add(&loss)?,
             });
         }
         // Under ZeRO-1 the groups clip after reducing the gradients, inside the step.
@@ -320,6 +319,19 @@ impl Trainer {
         }
         self.opt.step()?;
         self.step += 1;
+        let loss = match loss_sum {
+            Some(sum) => sum.item()? / accum as f64,
+            None => return Err(Error::Invalid { op: "train", detail: "grad_accum must be at least 1".into() }),
+        };
+        if !loss.is_finite() {
+            return Err(Error::Invalid {
+                op: "train",
+                detail: format!(
+                    "the loss is {loss} at step {}: training diverged (try a lower --lr or --grad-clip 1)",
+                    self.step
+                ),
+            });
+        }
         Ok((loss, lr))
     }
 

@@ -3,7 +3,7 @@
 // src/backend/cuda/optim.rs does (bias corrections and 1 - dampening on the host, in f64), against f64
 // references of the formulas in src/optim/{adam,sgd}.rs (PyTorch's), and Adam bit for bit against the CPU
 // backend's loop (src/backend/cpu/optim.rs) run in T. The list kernels (src/backend/cuda/lists.rs):
-// sum_squares, clip_scale, cast_list and adam_update_list over lists with empty runs, runs of several
+// sum_squares, clip_scale, cast_list, adam_update_list and sgd_update_list over lists with empty runs, runs of several
 // chunks and more runs than one launch holds, bit for bit against their one-tensor counterparts.
 #include "cuda_emu.h"
 #include "../optim.cu"
@@ -16,7 +16,8 @@ constexpr int STEPS = 5;
 template <typename T> struct K;
 #define KO(S, T) \
     template <> struct K<T> { \
-        static constexpr auto adam = adam_update_##S, adam_list = adam_update_list_##S, sgd = sgd_update_##S; \
+        static constexpr auto adam = adam_update_##S, adam_list = adam_update_list_##S, sgd = sgd_update_##S, \
+                              sgd_list = sgd_update_list_##S; \
         static constexpr auto sum_squares = sum_squares_##S, clip_scale = clip_scale_##S; };
 KO(f32, float) KO(f64, double)
 template <> struct K<bf16> { static constexpr auto sum_squares = sum_squares_bf16, clip_scale = clip_scale_bf16; };
@@ -215,6 +216,63 @@ template <typename T> void adam_list(std::vector<size_t> sizes, AdamP h) {
     }
 }
 
+// sgd_update_list over parameters of sizes `sizes` (launches of TENSOR_LIST_MAX, empty ones left out,
+// as src/backend/cuda/lists.rs sgd_update_many does) against sgd_update on copies, one launch each, bit
+// for bit after each of STEPS steps. Parameter i receives its first gradient at step 1 + i % 3, so one
+// launch mixes buffers on their first step (bit i of `first`) with buffers under way; before that it is
+// left out, as Sgd::step leaves out a parameter without a gradient.
+template <typename T> void sgd_list(std::vector<size_t> sizes, SgdP h) {
+    const bool has_buf = h.mom != 0;
+    struct Param { Buf<T> p, g, b, p1, b1; };
+    std::vector<std::unique_ptr<Param>> ts;
+    for (size_t n : sizes) {
+        ts.push_back(std::unique_ptr<Param>(new Param{Buf<T>(n), Buf<T>(n), Buf<T>(n), Buf<T>(n), Buf<T>(n)}));
+        Param& q = *ts.back();
+        q.p.fill_random(-1, 1), q.b.fill(0), q.b1.fill(0);
+        for (size_t j = 0; j < n; ++j) q.p1[j] = q.p[j];
+    }
+    auto starts = [](size_t i) { return 1 + (int)(i % 3); };
+    for (int t = 1; t <= STEPS; ++t) {
+        for (size_t i = 0; i < ts.size(); ++i) {
+            Param& q = *ts[i];
+            q.g.fill_random(-0.5, 0.5);
+            if (sizes[i] == 0 || t < starts(i)) continue;
+            emu::launch(dim3(grid_for(sizes[i], THREADS)), dim3(THREADS), K<T>::sgd, q.p1.ptr(), q.g.ptr(),
+                        has_buf ? q.b1.ptr() : nullptr, (int64_t)sizes[i], h.lr, h.mom, 1 - h.damp, h.wd, (int)h.nesterov,
+                        (int)(t == starts(i)));
+        }
+        for (size_t i0 = 0; i0 < ts.size(); i0 += TENSOR_LIST_MAX) {
+            SgdList l{};
+            uint32_t first = 0;
+            int64_t blocks = 0;
+            for (size_t i = i0; i < std::min(ts.size(), i0 + TENSOR_LIST_MAX); ++i) {
+                if (sizes[i] == 0 || t < starts(i)) continue;
+                Param& q = *ts[i];
+                int c = l.chunks.count++;
+                l.p[c] = q.p.ptr(), l.g[c] = q.g.ptr(), l.b[c] = has_buf ? q.b.ptr() : nullptr;
+                if (t == starts(i)) first |= 1u << c;
+                l.chunks.len[c] = (int64_t)sizes[i];
+                l.chunks.first_chunk[c] = blocks;
+                blocks += (int64_t)((sizes[i] + TENSOR_LIST_CHUNK - 1) / TENSOR_LIST_CHUNK);
+            }
+            l.chunks.first_chunk[l.chunks.count] = blocks;
+            if (blocks == 0) continue;
+            emu::launch(dim3(blocks), dim3(THREADS), K<T>::sgd_list, l, h.lr, h.mom, 1 - h.damp, h.wd, (int)h.nesterov, first);
+        }
+        for (size_t i = 0; i < ts.size(); ++i) {
+            Param& q = *ts[i];
+            std::vector<double> p1(sizes[i]), b1(sizes[i]);
+            for (size_t j = 0; j < sizes[i]; ++j) p1[j] = q.p1.d(j), b1[j] = q.b1.d(j);
+            char name[160];
+            snprintf(name, sizeof name, "sgd_update_list_%s mom=%g damp=%g nesterov=%d tensor %zu of %zu (n=%zu) step %d",
+                     tname<T>(), h.mom, h.damp, (int)h.nesterov, i, sizes.size(), sizes[i], t);
+            std::string base = name;
+            compare(base + " p", q.p.ptr(), p1, 0.0);
+            if (has_buf) compare(base + " buf", q.b.ptr(), b1, 0.0);
+        }
+    }
+}
+
 // Launches `launch(list, blocks)` for (source, destination, length) runs as src/backend/cuda/lists.rs
 // does: lists of up to TENSOR_LIST_MAX non-empty runs.
 template <typename F> void for_copy_lists(const std::vector<std::tuple<const void*, void*, size_t>>& runs, F launch) {
@@ -310,6 +368,10 @@ int main() {
     adam_list<float>(params, {1e-2, 0.9, 0.999, 1e-8, 0.01, true});
     adam_list<float>({150000, 7, 65536}, {1e-3, 0.9, 0.999, 1e-8, 0.1, false});
     adam_list<double>({65537, 33}, {3e-2, 0.8, 0.99, 1e-6, 0.5, true});
+    sgd_list<float>(params, {0.05, 0.9, 0.1, 0.01, false});  // momentum with dampening: first steps differ
+    sgd_list<float>({150000, 7, 65536}, {0.05, 0.9, 0, 0.1, true});
+    sgd_list<float>(params, {0.1, 0, 0, 0.05, false});     // no buffers
+    sgd_list<double>({65537, 33, 5}, {0.05, 0.5, 0.2, 0, false});
     all<float>();
     all<double>();
     // One tensor over three chunks; 40 tensors (two launches) with empty ones; chunk-sized ones.

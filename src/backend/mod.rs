@@ -7,7 +7,7 @@ pub mod cuda;
 mod storage;
 
 pub use storage::Storage;
-pub(crate) use storage::{AdamStorages, CastRun};
+pub(crate) use storage::{AdamStorages, CastRun, SgdStorages};
 
 /// The sizes cross-entropy's backward needs (both backends check them the same way): `rows` rows of `c`
 /// logits, one incoming gradient per row, and the forward's (max, sum) pair per row.

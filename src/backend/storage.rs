@@ -58,6 +58,10 @@ pub type CastRun<'a> = (&'a Storage, usize, &'a mut Storage, usize, usize);
 /// run of the parameter's length), first and second moment.
 pub type AdamStorages<'a> = (&'a mut Storage, (&'a Storage, usize), &'a mut Storage, &'a mut Storage);
 
+/// One parameter of `Storage::sgd_update_many`: parameter, gradient and the gradient's first element (a
+/// run of the parameter's length), and with momentum the buffer and whether this is its first step.
+pub type SgdStorages<'a> = (&'a mut Storage, (&'a Storage, usize), Option<(&'a mut Storage, bool)>);
+
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
@@ -531,6 +535,36 @@ impl Storage {
         let mut runs: Vec<_> = srcs.iter().zip(outs.iter_mut()).map(|(&(s, at, len), d)| (s, at, d, 0, len)).collect();
         cu::cast_many(&mut runs)?;
         Ok(outs.into_iter().map(Storage::Cuda).collect())
+    }
+    /// Fused SGD updates of several whole parameters in place with one set of hyper-parameters (each item
+    /// says whether its buffer takes its first step; `h.first_step` is ignored), each exactly as
+    /// `sgd_update`: on a GPU a launch per 32 parameters of a dtype (all on one device), on the CPU one
+    /// parameter after another.
+    pub fn sgd_update_many(items: &mut [SgdStorages<'_>], h: SgdParams) -> Result<()> {
+        const OP: &str = "sgd";
+        let Some(first) = items.first() else { return Ok(()) };
+        match first.0.device() {
+            Device::Cpu => items.iter_mut().try_for_each(|(p, (g, at), buf)| {
+                let h = SgdParams { first_step: buf.as_ref().is_some_and(|b| b.1), ..h };
+                let buf = buf.as_mut().map(|b| &mut *b.0);
+                if *at == 0 && g.len() == p.len() {
+                    return p.sgd_update(g, buf, h);
+                }
+                let run = g.copy_strided(&Layout::new(vec![p.len()], vec![1], *at))?;
+                p.sgd_update(&run, buf, h)
+            }),
+            d => {
+                let mut on_gpu = items
+                    .iter_mut()
+                    .map(|(p, (g, at), buf)| {
+                        let buf =
+                            buf.as_mut().map(|(b, first)| Ok::<_, Error>((cu_mut(OP, b, d)?, *first))).transpose()?;
+                        Ok((cu_mut(OP, p, d)?, (cu(OP, g, d)?, *at), buf))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                cu::sgd_update_many(&mut on_gpu, h)
+            }
+        }
     }
     /// Fused SGD update of a whole parameter in place.
     pub fn sgd_update(&mut self, g: &Storage, buf: Option<&mut Storage>, h: SgdParams) -> Result<()> {

@@ -1,10 +1,10 @@
 //! Stochastic gradient descent with optional momentum, dampening, Nesterov and L2 weight decay, using the
-//! fused `Storage::sgd_update` kernel (one pass over parameter, gradient and buffer).
+//! fused updates (one pass over parameter, gradient and buffer; on a GPU a launch per 32 parameters).
 
-use super::state::{check_hyper, check_params, snapshot, step_tensor, update_in_place, StateReader};
+use super::state::{check_grad, check_hyper, check_params, snapshot, step_tensor, update_in_place, Batch, StateReader};
 use super::Optimizer;
-use crate::backend::SgdParams;
-use crate::{Error, Result, Tensor};
+use crate::backend::{SgdParams, SgdStorages, Storage};
+use crate::{Device, Error, Result, Tensor};
 
 /// SGD hyper-parameters; `Default` gives PyTorch's defaults (lr 1e-3, everything else off).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,10 +61,36 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// Updates the parameters `list` names (index, gradient, buffer and whether it is new) in one
+    /// `Storage::sgd_update_many` call.
+    fn update_together(&self, list: &[Pending], h: SgdParams) -> Result<()> {
+        let mut ps: Vec<_> = list.iter().map(|(i, ..)| self.params[*i].1.storage_mut()).collect();
+        let gs: Vec<_> = list.iter().map(|(_, g, _)| g.storage()).collect();
+        let mut bs: Vec<_> =
+            list.iter().map(|(.., b)| b.as_ref().map(|(b, first)| (b.storage_mut(), *first))).collect();
+        let mut items: Vec<SgdStorages> = ps
+            .iter_mut()
+            .zip(&gs)
+            .zip(bs.iter_mut())
+            .zip(list)
+            .map(|(((p, g), b), (_, gt, _))| {
+                (&mut **p, (&**g, gt.layout().offset()), b.as_mut().map(|(b, first)| (&mut **b, *first)))
+            })
+            .collect();
+        Storage::sgd_update_many(&mut items, h)
+    }
+}
+
+/// A parameter waiting for its batched update: its index, its gradient, and with momentum its buffer and
+/// whether the buffer is new this step.
+type Pending = (usize, Tensor, Option<(Tensor, bool)>);
+
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
+        const OP: &str = "Sgd";
         let c = self.config;
-        let mut h = SgdParams {
+        let h = SgdParams {
             lr: c.lr,
             momentum: c.momentum,
             dampening: c.dampening,
@@ -72,21 +98,42 @@ impl Optimizer for Sgd {
             nesterov: c.nesterov,
             first_step: false,
         };
-        for ((name, p), slot) in self.params.iter().zip(self.bufs.iter_mut()) {
+        // Parameters are updated together, one list per device (a launch per 32 on a GPU), except those
+        // the batch cannot hold, which run one at a time. New buffers are kept only once every update
+        // succeeded, so a failed step cannot leave a zero buffer the next step would take for a real one.
+        let mut batch = Batch::default();
+        let mut by_device: Vec<(Device, Vec<Pending>)> = Vec::new();
+        let mut new_bufs: Vec<(usize, Tensor)> = Vec::new();
+        for (i, ((name, p), slot)) in self.params.iter().zip(&self.bufs).enumerate() {
             let Some(g) = p.grad() else { continue };
-            if c.momentum == 0.0 {
-                update_in_place("Sgd", name, p, &g, |ps, gs| ps.sgd_update(gs, None, h))?;
+            check_grad(OP, name, p, &g)?;
+            let buf = match slot {
+                _ if c.momentum == 0.0 => None,
+                Some(b) => Some((b.clone(), false)),
+                None => {
+                    let b = p.detach().zeros_like()?;
+                    new_bufs.push((i, b.clone()));
+                    Some((b, true))
+                }
+            };
+            let writes: Vec<&Tensor> = std::iter::once(p).chain(buf.as_ref().map(|b| &b.0)).collect();
+            if batch.admit(&writes, &[&g]) {
+                match by_device.iter_mut().find(|(d, _)| *d == p.device()) {
+                    Some((_, list)) => list.push((i, g, buf)),
+                    None => by_device.push((p.device(), vec![(i, g, buf)])),
+                }
                 continue;
             }
-            h.first_step = slot.is_none();
-            // The buffer is kept only once the update succeeded, so a failed step cannot leave a zero
-            // buffer that the next step would mistake for a real one.
-            let buf = match slot {
-                Some(b) => b.clone(),
-                None => p.detach().zeros_like()?,
-            };
-            update_in_place("Sgd", name, p, &g, |ps, gs| ps.sgd_update(gs, Some(&mut buf.storage_mut()), h))?;
-            *slot = Some(buf);
+            let h = SgdParams { first_step: buf.as_ref().is_some_and(|b| b.1), ..h };
+            update_in_place(OP, name, p, &g, |ps, gs| {
+                ps.sgd_update(gs, buf.as_ref().map(|b| b.0.storage_mut()).as_deref_mut(), h)
+            })?;
+        }
+        for (_, list) in &by_device {
+            self.update_together(list, h)?;
+        }
+        for (i, b) in new_bufs {
+            self.bufs[i] = Some(b);
         }
         self.step += 1;
         Ok(())

@@ -433,12 +433,15 @@ fn adam_trains_a_linear_regression() -> Result<()> {
     assert_close(&lin.weight, &[2.0, -3.0], 0.02, "learned weight")
 }
 
+/// An optimizer over named parameters, as a test builds each one under comparison.
+type MakeOptimizer = dyn Fn(Vec<(String, Tensor)>) -> Result<Box<dyn Optimizer>>;
+
 /// Parameters that a batched step must still update exactly once and exactly as alone: two views into one
 /// buffer (not dense: they run one at a time), two parameters given one gradient tensor (read twice in one
-/// batch), an f32 parameter beside the f64 ones with its gradient at an offset in a bigger buffer, and one
-/// without a gradient (left alone).
-#[test]
-fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() -> Result<()> {
+/// batch), an f32 parameter beside the f64 ones with its gradient at an offset in a bigger buffer, one
+/// without a gradient (left alone), and one whose first gradient comes at the second step (its state
+/// starts while the others' is under way).
+fn assert_batched_steps_match_single_ones(make_opt: &MakeOptimizer) -> Result<()> {
     let mut g = Generator::new(7);
     let shared = Tensor::randn_with(&mut g, &[10], DType::F64, CPU)?;
     let make = |gen: &mut Generator| -> Result<Vec<Tensor>> {
@@ -453,18 +456,18 @@ fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() ->
             fresh(gen, 5, DType::F64)?,
             fresh(gen, 300, DType::F32)?,
             fresh(gen, 3, DType::F64)?,
+            fresh(gen, 7, DType::F64)?,
         ])
     };
     let (together, alone) = (make(&mut Generator::new(1))?, make(&mut Generator::new(1))?);
-    let cfg = AdamConfig { lr: 0.05, betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.1 };
     let named = |ps: &[Tensor]| ps.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.clone())).collect::<Vec<_>>();
-    let mut opt = AdamW::new(named(&together), cfg)?;
-    let mut singles: Vec<AdamW> =
-        alone.iter().map(|p| AdamW::new(vec![("p".to_string(), p.clone())], cfg)).collect::<Result<_>>()?;
+    let mut opt = make_opt(named(&together))?;
+    let mut singles: Vec<Box<dyn Optimizer>> =
+        alone.iter().map(|p| make_opt(vec![("p".to_string(), p.clone())])).collect::<Result<_>>()?;
     for step in 0..3 {
         let common = Tensor::randn_with(&mut g, &[5], DType::F64, CPU)?;
         for (i, (a, b)) in together.iter().zip(&alone).enumerate() {
-            if i == 5 {
+            if i == 5 || (i == 6 && step == 0) {
                 continue; // no gradient
             }
             let grad = match i {
@@ -483,6 +486,23 @@ fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() ->
         for (i, (a, b)) in together.iter().zip(&alone).enumerate() {
             assert_eq!(a.to_vec_f64()?, b.to_vec_f64()?, "step {step}: parameter {i}");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn adam_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() -> Result<()> {
+    let cfg = AdamConfig { lr: 0.05, betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.1 };
+    assert_batched_steps_match_single_ones(&move |ps| Ok(Box::new(AdamW::new(ps, cfg)?)))
+}
+
+#[test]
+fn sgd_step_updates_each_parameter_as_if_alone_whatever_shares_its_buffers() -> Result<()> {
+    let momentum = SgdConfig { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 0.01, nesterov: false };
+    let nesterov = SgdConfig { dampening: 0.0, nesterov: true, ..momentum };
+    let plain = SgdConfig { momentum: 0.0, dampening: 0.0, ..momentum };
+    for cfg in [momentum, nesterov, plain] {
+        assert_batched_steps_match_single_ones(&move |ps| Ok(Box::new(Sgd::new(ps, cfg)?)))?;
     }
     Ok(())
 }

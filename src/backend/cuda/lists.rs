@@ -1,6 +1,6 @@
 //! Launchers for the list kernels of kernels/optim.cu (PyTorch's multi_tensor_apply idea): one launch
 //! covers up to TENSOR_LIST_MAX tensors of a dtype, its blocks taking TENSOR_LIST_CHUNK elements each.
-//! A training step's per-parameter work (clipping, the Adam update, mixed precision's casts) is then a
+//! A training step's per-parameter work (clipping, the Adam or SGD update, mixed precision's casts) is then a
 //! handful of launches instead of one or more per parameter: a GPT step had spent 76 Adam launches and
 //! 160 casts on it, most on small tensors, with more time between launches than in them.
 
@@ -8,7 +8,7 @@ use super::device::launch;
 use super::elementwise::full;
 use super::optim::{adam_constants, check};
 use super::storage::{intern, kname, need_float, same_device, CudaStorage};
-use crate::backend::{AdamParams, ReduceOp};
+use crate::backend::{AdamParams, ReduceOp, SgdParams};
 use crate::shape::Layout;
 use crate::{DType, Error, Result};
 
@@ -69,6 +69,16 @@ struct AdamList {
     g: [u64; TENSOR_LIST_MAX],
     m: [u64; TENSOR_LIST_MAX],
     v: [u64; TENSOR_LIST_MAX],
+    chunks: Chunks,
+}
+
+/// `struct SgdList` of kernels/optim.cu: parameter, gradient and momentum buffer (0 without) per run.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SgdList {
+    p: [u64; TENSOR_LIST_MAX],
+    g: [u64; TENSOR_LIST_MAX],
+    b: [u64; TENSOR_LIST_MAX],
     chunks: Chunks,
 }
 
@@ -233,6 +243,49 @@ pub(crate) fn adam_update_many(items: &mut [AdamItem<'_>], h: AdamParams) -> Res
             }
             launch!(dev, kname("adam_update_list", dtype), (blocks as u32, 1, 1), (THREADS, 1, 1);
                 l, h.beta1, h.beta2, h.eps, h.weight_decay, step_size, bc2_sqrt, decay, h.decoupled as i32)?;
+        }
+    }
+    Ok(())
+}
+
+/// One parameter of `sgd_update_many`: parameter, gradient and the gradient's first element (a run of
+/// the parameter's length), and with momentum the buffer and whether this is its first step (the
+/// buffer then takes the gradient rather than blending with it).
+pub(crate) type SgdItem<'a> = (&'a mut CudaStorage, (&'a CudaStorage, usize), Option<(&'a mut CudaStorage, bool)>);
+
+/// SGD on several parameters with one set of hyper-parameters (`h.first_step` is ignored: each item
+/// says), each element exactly as `sgd_update` computes it: a launch per 32 parameters of a dtype
+/// instead of one each. All items must be on one device.
+pub(crate) fn sgd_update_many(items: &mut [SgdItem<'_>], h: SgdParams) -> Result<()> {
+    let Some(first) = items.first() else { return Ok(()) };
+    let dev = first.0.dev().clone();
+    for (p, (g, at), buf) in items.iter() {
+        same_device("sgd", first.0, p)?;
+        match buf {
+            Some((b, _)) => check("sgd", p, &[b])?,
+            None => check("sgd", p, &[])?,
+        }
+        check_run("sgd", p, g, *at, p.len())?;
+        if g.dtype() != p.dtype() {
+            return Err(Error::DType { op: "sgd", expected: p.dtype(), got: g.dtype() });
+        }
+    }
+    for dtype in [DType::F32, DType::F64] {
+        let of_type: Vec<&SgdItem> = items.iter().filter(|it| it.0.dtype() == dtype && !it.0.is_empty()).collect();
+        for group in of_type.chunks(TENSOR_LIST_MAX) {
+            let (chunks, blocks) = Chunks::of(group.iter().map(|it| it.0.len()));
+            let z = [0; TENSOR_LIST_MAX];
+            let mut l = SgdList { p: z, g: z, b: z, chunks };
+            let mut first_steps = 0u32;
+            for (i, (p, (g, at), buf)) in group.iter().map(|it| &**it).enumerate() {
+                (l.p[i], l.g[i]) = (p.ptr(), g.ptr_at(*at));
+                if let Some((b, first)) = buf {
+                    l.b[i] = b.ptr();
+                    first_steps |= (*first as u32) << i;
+                }
+            }
+            launch!(dev, kname("sgd_update_list", dtype), (blocks as u32, 1, 1), (THREADS, 1, 1);
+                l, h.lr, h.momentum, 1.0 - h.dampening, h.weight_decay, h.nesterov as i32, first_steps)?;
         }
     }
     Ok(())

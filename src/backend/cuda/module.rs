@@ -44,7 +44,7 @@ pub fn kernel_names() -> Vec<String> {
         &["argmax", "index_select", "index_add", "index_add_sorted", "gather", "scatter_add", "transpose_copy"],
         &ALL,
     );
-    per(&mut v, &["adam_update", "adam_update_list", "sgd_update"], &["f32", "f64"]);
+    per(&mut v, &["adam_update", "adam_update_list", "sgd_update", "sgd_update_list"], &["f32", "f64"]);
     per(&mut v, &["norm_backward_fused_rows", "norm_backward_fused_finish"], &["f32", "bf16", "f16"]);
     for s in ALL {
         for d in ALL {
