@@ -1,8 +1,8 @@
 //! GPU benchmark: munja's kernels against the hardware's ceilings measured in the same run.
 //!
-//! Memory-bound ops (add, softmax, layer_norm fwd/bwd, cross-entropy fwd/bwd, AdamW) are reported in GB/s
-//! of the fewest bytes each op must move, against a device-to-device copy; matmuls (bf16 4096³ and 8192³,
-//! f32 4096³) in TFLOP/s against cuBLAS called directly on the same shapes and data. Every timing is the
+//! Memory-bound ops (add, softmax, layer_norm fwd/bwd, cross-entropy fwd/bwd, AdamW, the embedding
+//! backward) are reported in GB/s of the fewest bytes each op must move, against a device-to-device copy;
+//! matmuls (bf16 4096³ and 8192³, f32 4096³) in TFLOP/s against cuBLAS called directly on the same shapes and data. Every timing is the
 //! median of many CUDA-event-timed runs after a warm-up, on random data, and every result is checked
 //! against a float64 CPU reference (on sampled rows / entries for the big ones).
 //!
@@ -274,6 +274,40 @@ fn main() -> Result<()> {
     let ms = time(d, || p.adam_update_(&g, &m, &v, AdamParams { step: 2, ..h }))?;
     report("adamw f32", "2^26", ms, gb(28.0 * n as f64, ms), "GB/s", copy_gbs, &chk);
     drop((p, g, m, v));
+
+    // ---- embedding backward (index_add of a batch's rows into the table), token ids as text has them:
+    // one id takes a large share (the space of a character vocabulary ~15% of the tokens). Reads the
+    // source rows and the table, writes the table. Below 64 MiB: GPT-sized calls, outside the bar. ----
+    for (vocab, width, hot) in [(65usize, 384usize, 0.15f64), (50_257, 768, 0.04)] {
+        let n = 16_384usize;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let ids: Vec<i64> = (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                if u < hot {
+                    0
+                } else {
+                    ((u - hot) / (1.0 - hot) * vocab as f64) as i64 % vocab as i64
+                }
+            })
+            .collect();
+        let ids = Tensor::from_vec(ids, &[n], Device::Cpu)?;
+        let src = randn(20, &[n, width], DType::F32, d)?;
+        let table = Tensor::zeros(&[vocab, width], DType::F32, d)?;
+        let (idg, rows) = (ids.to_device(d)?, vocab.min(64));
+        let got = head(&table.index_add(0, &idg, &src)?, rows)?;
+        let want = Tensor::zeros(&[vocab, width], DType::F64, Device::Cpu)?.index_add(
+            0,
+            &ids,
+            &src.to_device(Device::Cpu)?.to_dtype(DType::F64)?,
+        )?;
+        let chk = verdict(rel_max(&got, &want.narrow(0, 0, rows)?)?, 1e-6);
+        let ms = time(d, || table.index_add(0, &idg, &src).map(drop))?;
+        let bytes = 4.0 * (n * width + 2 * vocab * width) as f64;
+        let shape = format!("{n} ids into {vocab}x{width}, {:.0}% one id", hot * 100.0);
+        report("embedding bwd f32", &shape, ms, gb(bytes, ms), "GB/s", copy_gbs, &chk);
+    }
 
     // ---- matmul: munja (cuBLASLt) vs cuBLAS directly, same shapes and data ----
     let blas = CudaBlas::new(stream.clone()).expect("cublas");

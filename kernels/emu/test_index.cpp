@@ -11,7 +11,8 @@ constexpr unsigned THREADS = 256;
 template <typename T> struct K;
 #define KI(S, T) \
     template <> struct K<T> { \
-        static constexpr auto select = index_select_##S, add = index_add_##S, add_sorted = index_add_sorted_##S, \
+        static constexpr auto select = index_select_##S, add = index_add_##S, add_segments = index_add_segments_##S, \
+            add_finish = index_add_segments_finish_##S, \
             gather = gather_##S, scatter = scatter_add_##S; };
 KI(f32, float) KI(f64, double) KI(bf16, bf16) KI(f16, f16) KI(i64, int64_t) KI(u8, uint8_t)
 
@@ -50,10 +51,11 @@ template <typename T> void fill(Buf<T>& b) {
     else b.fill_random(-2, 2);
 }
 // Indices in [-1, size]: each kernel must read 0 for / skip the two out-of-range values; with many more
-// indices than `size`, destinations repeat.
-inline std::vector<int64_t> indices(size_t n, int64_t size) {
+// indices than `size`, destinations repeat. `skew`: that share of the indices goes to row size / 2, as the
+// space of a character vocabulary takes a large share of the tokens (its sources then span many segments).
+inline std::vector<int64_t> indices(size_t n, int64_t size, double skew = 0) {
     std::vector<int64_t> v(n);
-    for (auto& i : v) i = (int64_t)std::floor(uniform(0, 1) * size);
+    for (auto& i : v) i = uniform(0, 1) < skew ? size / 2 : (int64_t)std::floor(uniform(0, 1) * size);
     if (n > 2) v[1] = size, v[n - 1] = -1;
     return v;
 }
@@ -87,8 +89,9 @@ template <typename T> void select(Shape shape, int dim, size_t nidx) {
     compare(name, out.ptr(), ref, 0);
 }
 
-// index_add() on the host: from 256 indices on, the stable counting sort and one block per destination
-// row (index_add_sorted); else a thread per column walking the indices (index_add).
+// index_add() on the host: from 256 indices on, the stable counting sort, then blocks of INDEX_SEGMENT
+// sorted positions and the rows spanning segments finished (index_add_segments, _finish); else a thread
+// per column walking the indices (index_add).
 template <typename T>
 const char* launch_add(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx) {
     if (nidx < 256) {
@@ -112,21 +115,27 @@ const char* launch_add(T* out, const int64_t* idx, const T* src, int64_t outer, 
     check(std::string("stable counting sort of ") + std::to_string(nidx) + " indices into " + std::to_string(size) + " rows",
           same, same ? "" : "positions out of order");
     unsigned threads = (unsigned)std::min<int64_t>((inner + 31) / 32 * 32, THREADS);
-    if (size > 0 && inner > 0)
-        emu::launch(dim3(size, outer), dim3(threads), K<T>::add_sorted, out, (const int32_t*)sorted.data(),
-                    (const int32_t*)base.data(), (const int32_t*)total.data(), src, size, inner, nidx);
+    const int64_t segments = (nidx + INDEX_SEGMENT - 1) / INDEX_SEGMENT;
+    // NaN where no partial was written: a row reading a slot it does not own comes out NaN.
+    std::vector<double> part(outer * segments * 2 * inner, NAN);
+    if (size > 0 && inner > 0) {
+        emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_segments, out, idx, (const int32_t*)sorted.data(),
+                    (const int32_t*)base.data(), (const int32_t*)total.data(), src, part.data(), size, inner, nidx);
+        emu::launch(dim3(size, outer), dim3(threads), K<T>::add_finish, out, (const int32_t*)base.data(),
+                    (const int32_t*)total.data(), (const double*)part.data(), size, inner, segments);
+    }
     return " (sorted)";
 }
 
 // index_add along `dim`: out = x with src[o, k, j] added at [o, idx[k], j], k in order. Half types go through
 // f32 as index_add() does (the kernel then rounds each destination once, at the cast back).
-template <typename T> void add(Shape shape, int dim, size_t nidx) {
+template <typename T> void add(Shape shape, int dim, size_t nidx, double skew = 0) {
     int64_t outer, size, inner;
     split(shape, dim, outer, size, inner);
     Buf<T> x(numel(shape)), src(outer * nidx * inner);
     fill(x);
     fill(src);
-    std::vector<int64_t> idx = indices(nidx, size);
+    std::vector<int64_t> idx = indices(nidx, size, skew);
     Buf<T> out(x.n);
     const char* kn;
     if constexpr (sizeof(T) == 2 && !std::is_integral_v<T>) {
@@ -150,7 +159,8 @@ template <typename T> void add(Shape shape, int dim, size_t nidx) {
             }
     if constexpr (sizeof(T) == 2) for (auto& r : ref) r = to_d(from_d<T>(r));
     char name[160];
-    snprintf(name, sizeof name, "index_add_%s%s %s dim=%d nidx=%zu", tname<T>(), kn, shape_str(shape).c_str(), dim, nidx);
+    snprintf(name, sizeof name, "index_add_%s%s %s dim=%d nidx=%zu skew=%g", tname<T>(), kn, shape_str(shape).c_str(), dim,
+             nidx, skew);
     compare(name, out.ptr(), ref, tol<T>());
 }
 
@@ -216,6 +226,11 @@ template <typename T> void all() {
     // Past 256 indices, the sorted path: 3 sort chunks with out-of-range ones; and an outer dim.
     add<T>({7, 5}, 0, 2500);
     add<T>({2, 9, 3}, 1, 700);
+    // Segments: one row taking 70% of the indices (its sources span most segments, beside rows inside one
+    // segment), wider than a block (two column passes), an outer dim; a whole number of segments.
+    add<T>({40, 300}, 0, 3000, 0.7);
+    add<T>({3, 20, 2}, 1, 1024, 0.5);
+    add<T>({64, 3}, 0, 256, 0.0);
     // gather / scatter_add: first, middle and last dims, index dims smaller than x's outside `dim` and
     // longer than x's along it (repeats); a 1-D case.
     gather_scatter<T>({5, 4, 3}, {9, 4, 3}, 0);

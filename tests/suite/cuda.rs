@@ -586,6 +586,16 @@ fn indexing_matches_cpu_with_grads() {
         table2.embedding(&many).unwrap().mul(&w2).unwrap().sum_all().unwrap().backward().unwrap();
         tg2.embedding(&on(&many, d)).unwrap().mul(&on(&w2, d)).unwrap().sum_all().unwrap().backward().unwrap();
         close(&format!("embedding grad, 3000 ids (sorted index_add) {dt}"), &grad(&tg2), &grad(&table2), tol(dt));
+        // 5000 ids, 60% of them one id (its sources span most of the sum's 64-position segments, beside
+        // rows inside one segment), rows wider than a block of the sum (300 columns).
+        let skewed: Vec<i64> = (0..5000).map(|i| if i % 5 < 3 { 7 } else { ((i * 7919) % 53 % 50) as i64 }).collect();
+        let skewed = Tensor::from_vec(skewed, &[5000], Device::Cpu).unwrap();
+        let table3 = randn(46, &[50, 300], dt).set_requires_grad(true);
+        let tg3 = on(&table3, d).set_requires_grad(true);
+        let w3 = randn(47, &[5000, 300], dt);
+        table3.embedding(&skewed).unwrap().mul(&w3).unwrap().sum_all().unwrap().backward().unwrap();
+        tg3.embedding(&on(&skewed, d)).unwrap().mul(&on(&w3, d)).unwrap().sum_all().unwrap().backward().unwrap();
+        close(&format!("embedding grad, 5000 skewed ids {dt}"), &grad(&tg3), &grad(&table3), tol(dt));
 
         let x = randn(39, &[6, 9], dt).set_requires_grad(true);
         let xg = on(&x, d).set_requires_grad(true);

@@ -76,8 +76,13 @@ const SORTED_MIN_INDICES: usize = 256;
 /// Positions per chunk of the stable counting sort (its kernels' block size).
 const SORT_CHUNK: usize = 1024;
 
-/// index_add through a stable counting sort of the indices, then one block per destination row summing its
-/// sources in index order (deterministic). The sort's buffers hold 32-bit integers in 4-byte storage.
+/// Sorted positions a block of `index_add_segments` sums (INDEX_SEGMENT in kernels/index.cu).
+const INDEX_SEGMENT: usize = 64;
+
+/// index_add through a stable counting sort of the indices, then blocks of INDEX_SEGMENT sorted positions
+/// summing each destination row's sources in index order, the rows that span segments finished from f64
+/// partials in segment order (deterministic). A row's many sources (a frequent token's) are then spread
+/// over many blocks, not walked by one. The sort's buffers hold 32-bit integers in 4-byte storage.
 fn index_add_sorted(
     x: &CudaStorage,
     (outer, size, inner): (usize, usize, usize),
@@ -99,9 +104,16 @@ fn index_add_sorted(
         idx.ptr(), n as i64, size as i64, SORT_CHUNK as i32, rank.ptr(), cnt.ptr(), base.ptr(), sorted.ptr())?;
     let out = x.clone();
     if size > 0 && inner > 0 {
+        let segments = n.div_ceil(INDEX_SEGMENT);
+        // A head and a tail partial per segment and column; only those of rows spanning segments are
+        // written, and only those are read.
+        let part = CudaStorage::alloc(dev, DType::F64, outer * segments * 2 * inner)?;
         let threads = (inner.div_ceil(32) * 32).min(THREADS as usize) as u32;
-        launch!(dev, kname("index_add_sorted", x.dtype()), (size as u32, outer as u32, 1), (threads, 1, 1);
-            out.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), size as i64, inner as i64, n as i64)?;
+        launch!(dev, kname("index_add_segments", x.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
+            out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), part.ptr(), size as i64,
+            inner as i64, n as i64)?;
+        launch!(dev, kname("index_add_segments_finish", x.dtype()), (size as u32, outer as u32, 1), (threads, 1, 1);
+            out.ptr(), base.ptr(), total.ptr(), part.ptr(), size as i64, inner as i64, segments as i64)?;
     }
     Ok(out)
 }

@@ -41,7 +41,16 @@ pub fn kernel_names() -> Vec<String> {
     per(&mut v, &["compare", "where", "copy_into", "fill", "reduce_rows", "reduce_finish", "reduce_small"], &ALL);
     per(
         &mut v,
-        &["argmax", "index_select", "index_add", "index_add_sorted", "gather", "scatter_add", "transpose_copy"],
+        &[
+            "argmax",
+            "index_select",
+            "index_add",
+            "index_add_segments",
+            "index_add_segments_finish",
+            "gather",
+            "scatter_add",
+            "transpose_copy",
+        ],
         &ALL,
     );
     per(&mut v, &["adam_update", "adam_update_list", "sgd_update", "sgd_update_list"], &["f32", "f64"]);
