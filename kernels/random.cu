@@ -39,19 +39,58 @@ template <typename T> __device__ void uniform_k(T* y, int64_t n, uint64_t seed, 
     }
 }
 
-// Dropout's scaled keep mask: y[i] = (u_i >= p) ? scale : 0 with u_i element i of uniform_k's draw, and p
-// and scale rounded as the ops this replaces round them (ge_scalar compares with p stored in T; the
+// Dropout's scaled keep mask: element i is (u_i >= p) ? scale : 0 with u_i element i of uniform_k's draw,
+// and p and scale rounded as the ops it replaces round them (ge_scalar compares with p stored in T; the
 // affine multiplies the 0/1 cast in T's compute type): bit for bit uniform → ge_scalar → cast → affine.
+template <typename T> struct DropoutDraw {
+    double pt;
+    T keep, drop;
+    __device__ DropoutDraw(double p, double scale) {
+        typedef typename Acc<T>::type A;
+        const A s = (A)scale;
+        pt = to_acc<double>(from_acc<T, double>(p));
+        keep = from_acc<T>((A)1 * s + (A)0), drop = from_acc<T>((A)0 * s + (A)0);
+    }
+    // The mask value for Philox word w.
+    __device__ __forceinline__ T at(uint32_t w) const { return to_acc<double>(uniform_value<T>(w)) >= pt ? keep : drop; }
+};
+
 template <typename T>
 __device__ void dropout_mask_k(T* y, int64_t n, uint64_t seed, uint64_t start, double p, double scale) {
-    typedef typename Acc<T>::type A;
-    const double pt = to_acc<double>(from_acc<T, double>(p));
-    const A s = (A)scale;
-    const T keep = from_acc<T>((A)1 * s + (A)0), drop = from_acc<T>((A)0 * s + (A)0);
+    const DropoutDraw<T> draw(p, scale);
     GRID_LOOP(b, (n + 3) / 4) {
         uint4 r = philox(seed, start + (uint64_t)b);
         uint32_t w[4] = {r.x, r.y, r.z, r.w};
-        for (int k = 0; k < 4 && 4 * b + k < n; ++k) y[4 * b + k] = to_acc<double>(uniform_value<T>(w[k])) >= pt ? keep : drop;
+        for (int k = 0; k < 4 && 4 * b + k < n; ++k) y[4 * b + k] = draw.at(w[k]);
+    }
+}
+
+// Four consecutive elements, one Philox block's worth, loaded and stored as one access where aligned.
+template <typename T> struct alignas(4 * sizeof(T)) Quad {
+    T v[4];
+};
+
+// Dropout applied: y[i] = x[i] · mask_i, the mask as dropout_mask_k draws it and the product as the binary
+// mul forms it (in T's compute type, rounded once): bit for bit dropout_mask then mul, with no mask in
+// memory. Forward, that saves writing the mask and reading it back; backward, the gradient gets the same
+// draw again instead of reading a stored mask, and autograd keeps no mask alive between the passes.
+template <typename T>
+__device__ void dropout_apply_k(const T* x, T* y, int64_t n, uint64_t seed, uint64_t start, double p, double scale) {
+    typedef typename Acc<T>::type A;
+    const DropoutDraw<T> draw(p, scale);
+    const bool quads = ((uintptr_t)x % sizeof(Quad<T>)) == 0 && ((uintptr_t)y % sizeof(Quad<T>)) == 0;
+    GRID_LOOP(b, (n + 3) / 4) {
+        uint4 r = philox(seed, start + (uint64_t)b);
+        uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        if (quads && 4 * b + 3 < n) {
+            Quad<T> in = reinterpret_cast<const Quad<T>*>(x)[b], out;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) out.v[k] = from_acc<T>(to_acc<A>(in.v[k]) * to_acc<A>(draw.at(w[k])));
+            reinterpret_cast<Quad<T>*>(y)[b] = out;
+        } else {
+            for (int k = 0; k < 4 && 4 * b + k < n; ++k)
+                y[4 * b + k] = from_acc<T>(to_acc<A>(x[4 * b + k]) * to_acc<A>(draw.at(w[k])));
+        }
     }
 }
 
@@ -72,5 +111,8 @@ template <typename T> __device__ void normal_k(T* y, int64_t n, uint64_t seed, u
     extern "C" __global__ void uniform_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { uniform_k<T>(y, n, seed, start); } \
     extern "C" __global__ void normal_##S(T* y, int64_t n, uint64_t seed, uint64_t start) { normal_k<T>(y, n, seed, start); } \
     extern "C" __global__ void dropout_mask_##S(T* y, int64_t n, uint64_t seed, uint64_t start, double p, double scale) { \
-        dropout_mask_k<T>(y, n, seed, start, p, scale); }
+        dropout_mask_k<T>(y, n, seed, start, p, scale); } \
+    extern "C" __global__ void dropout_apply_##S(const T* x, T* y, int64_t n, uint64_t seed, uint64_t start, double p, \
+                                                 double scale) { \
+        dropout_apply_k<T>(x, y, n, seed, start, p, scale); }
 FOR_FLOATS(RANDOM)

@@ -11,7 +11,9 @@ constexpr unsigned THREADS = 256;
 
 template <typename T> struct K;
 #define KR(S, T) \
-    template <> struct K<T> { static constexpr auto uniform = uniform_##S, normal = normal_##S, dropout = dropout_mask_##S; };
+    template <> struct K<T> { \
+        static constexpr auto uniform = uniform_##S, normal = normal_##S, dropout = dropout_mask_##S, \
+                              apply = dropout_apply_##S; };
 KR(f32, float) KR(f64, double) KR(bf16, bf16) KR(f16, f16)
 
 // --- src/rng.rs ---
@@ -103,6 +105,34 @@ template <typename T> void dropout(size_t n, uint64_t seed, uint64_t start, doub
     compare(name, y.ptr(), ref, 0);
 }
 
+// dropout_apply(x, n, p): x times dropout_mask's mask (checked above), each product formed as the binary
+// mul forms it (in T's compute type, rounded once), bit for bit; with x at an aligned address (whole
+// blocks as one access) and one element past it (element by element), and with infinities, NaN and
+// negative zero among the inputs (a dropped NaN stays NaN, as x · 0 does).
+template <typename T> void dropout_apply(size_t n, uint64_t seed, uint64_t start, double p, size_t shift) {
+    typedef typename Acc<T>::type A;
+    const double scale = 1.0 / (1.0 - p);
+    Buf<T> x(n, shift), y(n + 1, shift), mask(n);
+    x.fill_random(-3, 3);
+    if (n > 9) x[3] = from_d<T>(INFINITY), x[5] = from_d<T>(NAN), x[8] = from_d<T>(-0.0), x[9] = from_d<T>(-INFINITY);
+    y.fill(-1);
+    emu::launch(dim3(grid_for((n + 3) / 4, THREADS)), dim3(THREADS), K<T>::dropout, mask.ptr(), (int64_t)n, seed, start, p,
+                scale);
+    emu::launch(dim3(grid_for((n + 3) / 4, THREADS)), dim3(THREADS), K<T>::apply, (const T*)x.ptr(), y.ptr(), (int64_t)n,
+                seed, start, p, scale);
+    bool same = y.d(n) == -1.0;  // nothing written past the end
+    size_t first_bad = n;
+    for (size_t i = 0; i < n && first_bad == n; ++i) {
+        T want = from_acc<T>(to_acc<A>(x[i]) * to_acc<A>(mask[i]));
+        if (std::memcmp(&want, &y[i], sizeof(T)) != 0) first_bad = i;
+    }
+    same = same && first_bad == n;
+    char name[200];
+    snprintf(name, sizeof name, "dropout_apply_%s n=%zu p=%g seed=%#llx start=%#llx shift=%zu == mask then mul", tname<T>(),
+             n, p, (unsigned long long)seed, (unsigned long long)start, shift);
+    check(name, same, first_bad == n ? "wrote past the end" : ("element " + std::to_string(first_bad)).c_str());
+}
+
 // normal(n) from block `start` (one block per pair): the CPU's f64 normals rounded to T. The device's
 // sin/cos/log may differ from libm's by an ulp, hence a tolerance even in f64.
 template <typename T> void normal(size_t n, uint64_t seed, uint64_t start) {
@@ -124,6 +154,11 @@ template <typename T> void all() {
         for (size_t n : {1001, 6, 1}) uniform<T>(n, c[0], c[1]);
         for (size_t n : {1001, 2, 1}) normal<T>(n, c[0], c[1]);
         for (double p : {0.2, 0.1, 0.5}) dropout<T>(1001, c[0], c[1], p);
+        for (size_t shift : {0, 1}) {
+            dropout_apply<T>(1001, c[0], c[1], 0.2, shift);
+            dropout_apply<T>(1024, c[0], c[1], 0.1, shift);
+            dropout_apply<T>(3, c[0], c[1], 0.5, shift);
+        }
     }
 }
 

@@ -139,6 +139,24 @@ impl Storage {
             Device::Cuda(i) => Ok(Storage::Cuda(cu::dropout_mask(i, dtype, n, seed, block, p, scale)?)),
         }
     }
+    /// Dropout applied to the view `l` of this storage: each element times the mask `dropout_mask` draws
+    /// for (seed, block, p, scale), as `mul` forms the product, in a new contiguous storage. The CPU runs
+    /// exactly those two ops; CUDA fuses them into one kernel (no mask in memory), bit for bit the same.
+    pub fn dropout_apply(&self, l: &Layout, seed: u64, block: u64, p: f64, scale: f64) -> Result<Storage> {
+        let n = l.numel();
+        match self {
+            Storage::Cpu(_) => {
+                let mask = Storage::dropout_mask(Device::Cpu, self.dtype(), n, seed, block, p, scale)?;
+                self.binary(l, &mask, &Layout::contiguous(l.shape()), BinaryOp::Mul)
+            }
+            Storage::Cuda(x) if l.is_contiguous() => {
+                Ok(Storage::Cuda(cu::dropout_apply(x, l.offset(), n, seed, block, p, scale)?))
+            }
+            Storage::Cuda(_) => {
+                self.copy_strided(l)?.dropout_apply(&Layout::contiguous(l.shape()), seed, block, p, scale)
+            }
+        }
+    }
     /// `n` standard normal numbers of the Philox stream (seed, block), as `dtype`.
     pub fn normal(device: Device, dtype: DType, n: usize, seed: u64, block: u64) -> Result<Storage> {
         match device {

@@ -678,16 +678,23 @@ fn random_streams_are_identical_to_cpu() {
 #[test]
 fn dropout_is_identical_to_cpu_forward_and_backward() {
     let Some(d) = gpu() else { return };
+    // The GPU applies the draw in one kernel each way (no mask in memory), the CPU keeps a mask: a
+    // contiguous input and a transposed one, and the backward of a sum (a broadcast, non-contiguous
+    // gradient) and of a weighted sum (a contiguous one).
     for dt in FLOATS {
-        for p in [0.2, 0.5] {
+        for (p, transposed) in [(0.2, false), (0.5, false), (0.2, true)] {
             let x = randn(71, &[3, 1000 + 3], dt);
+            let w = randn(72, &[1000 + 3, 3], dt);
             let run = |dev: Device| {
                 let xd = on(&x, dev).set_requires_grad(true);
-                let y = xd.dropout_with(&mut Generator::new(9), p, true).unwrap();
-                y.sum_all().unwrap().backward().unwrap();
+                let input = if transposed { xd.transpose(0, 1).unwrap() } else { xd.clone() };
+                let y = input.dropout_with(&mut Generator::new(9), p, true).unwrap();
+                let loss = if transposed { y.mul(&on(&w, dev)).unwrap().sum_all() } else { y.sum_all() };
+                loss.unwrap().backward().unwrap();
                 (y.to_vec_f64().unwrap(), xd.grad().unwrap().to_vec_f64().unwrap())
             };
             let ((y, gx), (yg, gxg)) = (run(Device::Cpu), run(d));
+            let dt = format!("{dt}{}", if transposed { " (transposed)" } else { "" });
             // The same Philox draws, roundings and products: equal bit for bit, not just close.
             assert_eq!(yg, y, "dropout {dt} p={p} forward");
             assert_eq!(gxg, gx, "dropout {dt} p={p} backward");

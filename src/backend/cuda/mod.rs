@@ -40,6 +40,7 @@ pub(crate) use index::{gather, index_add, index_select, scatter_add};
 pub(crate) use lists::{adam_update_many, cast_many, clip_scale, sgd_update_many, sum_squares, LIST_CASTS};
 pub(crate) use norm::{cross_entropy_backward, cross_entropy_forward, norm_backward, norm_forward};
 pub(crate) use optim::{adam_update, sgd_update};
+pub(crate) use random::dropout_apply;
 pub(crate) use reduce::{argmax, reduce};
 pub(crate) use softmax::{softmax, softmax_backward};
 

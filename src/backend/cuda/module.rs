@@ -34,7 +34,16 @@ pub fn kernel_names() -> Vec<String> {
     per(&mut v, &["norm_backward_wb_partial", "norm_backward_wb_finish"], &FLOATS);
     per(
         &mut v,
-        &["cross_entropy_forward", "cross_entropy_backward", "uniform", "normal", "sum_squares", "clip_scale"],
+        &[
+            "cross_entropy_forward",
+            "cross_entropy_backward",
+            "uniform",
+            "normal",
+            "dropout_mask",
+            "dropout_apply",
+            "sum_squares",
+            "clip_scale",
+        ],
         &FLOATS,
     );
     per(&mut v, &["binary", "binary_rows"], &["f32", "f64", "bf16", "f16", "i64"]);
