@@ -57,3 +57,23 @@ impl Draw {
         Ok(record(out, "dropout", &[t], move |g| Ok(vec![Some(self.apply(g)?)])))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Device, Generator, Result, Tensor};
+
+    /// `Storage::dropout_apply` on the CPU (what the GPU kernel reproduces): a strided view times the mask
+    /// `dropout_with` draws from the same generator state, equal to dropout of the view made contiguous.
+    #[test]
+    fn dropout_apply_on_the_cpu_matches_dropout_of_the_same_draw() -> Result<()> {
+        let x = Tensor::randn_with(&mut Generator::new(3), &[7, 9], DType::F32, Device::Cpu)?;
+        let view = x.transpose(0, 1)?;
+        let want = view.contiguous()?.dropout_with(&mut Generator::new(5), 0.3, true)?;
+        let block = Generator::new(5).advance(view.numel());
+        let s = view.storage().dropout_apply(view.layout(), 5, block, 0.3, 1.0 / 0.7)?;
+        let got = Tensor::from_storage(s, view.dims());
+        assert_eq!(got.to_vec::<f32>()?, want.to_vec::<f32>()?);
+        assert!(got.to_vec::<f32>()?.contains(&0.0), "some elements dropped");
+        Ok(())
+    }
+}
