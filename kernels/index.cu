@@ -145,7 +145,6 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
                                      const int32_t* total, const T* src, double* part, int64_t size, int64_t inner,
                                      int64_t nidx) {
     __shared__ int32_t pos[INDEX_SEGMENT], key[INDEX_SEGMENT];
-    __shared__ int starts_before, goes_on;
     const int64_t seg = blockIdx.x, o = blockIdx.y, first = seg * INDEX_SEGMENT;
     const int m = (int)min((int64_t)INDEX_SEGMENT, nidx - first);
     for (int u = threadIdx.x; u < m; u += blockDim.x) {
@@ -153,11 +152,9 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
         key[u] = sort_key(idx, pos[u], size);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        starts_before = base[key[0]] < first;
-        goes_on = (int64_t)base[key[m - 1]] + total[key[m - 1]] > first + m;
-    }
-    __syncthreads();
+    // Whether the first run's row began in an earlier segment, and the last run's goes on into a later one.
+    const bool starts_before = base[key[0]] < first;
+    const bool goes_on = (int64_t)base[key[m - 1]] + total[key[m - 1]] > first + m;
     src += o * nidx * inner;
     double* head = part + (o * gridDim.x + seg) * 2 * inner;
     double* tail = head + inner;

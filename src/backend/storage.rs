@@ -6,6 +6,7 @@ use super::cuda::{self as cu, CudaStorage};
 use super::{AdamParams, BinaryOp, Causal, CmpOp, ReduceOp, SgdParams, UnaryOp};
 use crate::shape::Layout;
 use crate::{DType, Device, Error, Result};
+use std::borrow::Cow;
 
 /// The elements of one or more tensor views, on one device.
 #[derive(Debug, Clone)]
@@ -446,6 +447,13 @@ impl Storage {
             }
         }
     }
+    /// The `len` elements from `at`: this storage itself when that is all of it, else a copy of the run.
+    fn run(&self, at: usize, len: usize) -> Result<Cow<'_, Storage>> {
+        if at == 0 && len == self.len() {
+            return Ok(Cow::Borrowed(self));
+        }
+        Ok(Cow::Owned(self.copy_strided(&Layout::new(vec![len], vec![1], at))?))
+    }
     /// Fused Adam/AdamW update of a whole parameter in place.
     pub fn adam_update(&mut self, g: &Storage, m: &mut Storage, v: &mut Storage, h: AdamParams) -> Result<()> {
         const OP: &str = "adam";
@@ -465,11 +473,8 @@ impl Storage {
         let Some(first) = items.first() else { return Ok(()) };
         match first.0.device() {
             Device::Cpu => items.iter_mut().try_for_each(|(p, (g, at), m, v)| {
-                if *at == 0 && g.len() == p.len() {
-                    return p.adam_update(g, m, v, h);
-                }
-                let run = g.copy_strided(&Layout::new(vec![p.len()], vec![1], *at))?;
-                p.adam_update(&run, m, v, h)
+                let g = g.run(*at, p.len())?;
+                p.adam_update(&g, m, v, h)
             }),
             d => {
                 let mut on_gpu = items
@@ -564,12 +569,8 @@ impl Storage {
         match first.0.device() {
             Device::Cpu => items.iter_mut().try_for_each(|(p, (g, at), buf)| {
                 let h = SgdParams { first_step: buf.as_ref().is_some_and(|b| b.1), ..h };
-                let buf = buf.as_mut().map(|b| &mut *b.0);
-                if *at == 0 && g.len() == p.len() {
-                    return p.sgd_update(g, buf, h);
-                }
-                let run = g.copy_strided(&Layout::new(vec![p.len()], vec![1], *at))?;
-                p.sgd_update(&run, buf, h)
+                let g = g.run(*at, p.len())?;
+                p.sgd_update(&g, buf.as_mut().map(|b| &mut *b.0), h)
             }),
             d => {
                 let mut on_gpu = items

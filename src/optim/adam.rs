@@ -1,7 +1,9 @@
 //! Adam and AdamW through the fused `Storage::adam_update` kernel (one pass over parameter, gradient and
 //! both moments).
 
-use super::state::{check_grad, check_hyper, check_params, snapshot, step_tensor, update_in_place, Batch, StateReader};
+use super::state::{
+    check_grad, check_hyper, check_params, push_on_device, snapshot, step_tensor, update_in_place, Batch, StateReader,
+};
 use super::Optimizer;
 use crate::backend::{AdamParams, AdamStorages, Storage};
 use crate::{Device, Error, Result, Tensor};
@@ -124,10 +126,7 @@ impl Optimizer for Adam {
             };
             *slot = Some((m.clone(), v.clone()));
             if batch.admit(&[p, &m, &v], &[&g]) {
-                match by_device.iter_mut().find(|(d, _)| *d == p.device()) {
-                    Some((_, list)) => list.push((i, g)),
-                    None => by_device.push((p.device(), vec![(i, g)])),
-                }
+                push_on_device(&mut by_device, p.device(), (i, g));
                 continue;
             }
             update_in_place(op, name, p, &g, |ps, gs| {

@@ -1,7 +1,9 @@
 //! Stochastic gradient descent with optional momentum, dampening, Nesterov and L2 weight decay, using the
 //! fused updates (one pass over parameter, gradient and buffer; on a GPU a launch per 32 parameters).
 
-use super::state::{check_grad, check_hyper, check_params, snapshot, step_tensor, update_in_place, Batch, StateReader};
+use super::state::{
+    check_grad, check_hyper, check_params, push_on_device, snapshot, step_tensor, update_in_place, Batch, StateReader,
+};
 use super::Optimizer;
 use crate::backend::{SgdParams, SgdStorages, Storage};
 use crate::{Device, Error, Result, Tensor};
@@ -118,10 +120,7 @@ impl Optimizer for Sgd {
             };
             let writes: Vec<&Tensor> = std::iter::once(p).chain(buf.as_ref().map(|b| &b.0)).collect();
             if batch.admit(&writes, &[&g]) {
-                match by_device.iter_mut().find(|(d, _)| *d == p.device()) {
-                    Some((_, list)) => list.push((i, g, buf)),
-                    None => by_device.push((p.device(), vec![(i, g, buf)])),
-                }
+                push_on_device(&mut by_device, p.device(), (i, g, buf));
                 continue;
             }
             let h = SgdParams { first_step: buf.as_ref().is_some_and(|b| b.1), ..h };

@@ -94,6 +94,15 @@ impl Batch {
     }
 }
 
+/// Appends `item` to `device`'s list in `lists`: a batch's parameters, one list per device in the order
+/// the devices first appear.
+pub(crate) fn push_on_device<T>(lists: &mut Vec<(Device, Vec<T>)>, device: Device, item: T) {
+    match lists.iter_mut().find(|(d, _)| *d == device) {
+        Some((_, list)) => list.push(item),
+        None => lists.push((device, vec![item])),
+    }
+}
+
 /// True when the view covers its whole storage row-major, which is what the fused kernels walk.
 fn is_dense(t: &Tensor) -> bool {
     t.is_contiguous() && t.layout().offset() == 0 && t.storage().len() == t.numel()
