@@ -1,5 +1,6 @@
 //! Gradient clipping by global norm.
 
+use super::state::with_runs;
 use crate::autograd::NoGradGuard;
 use crate::backend::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -31,24 +32,26 @@ pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Optio
     let grads: Vec<(&Tensor, Tensor)> =
         params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| p.grad().map(|g| (p, g))).collect();
     let owned: Vec<Tensor> = grads.iter().map(|(_, g)| g.clone()).collect();
-    let Some(total) = squared_total(&owned)? else { return Ok(None) };
-    let norm = total.sqrt()?;
-    // On a GPU the kernel derives the factor; on the CPU reading the norm costs no wait, and gradients
-    // within the limit are left as they are rather than copied.
-    if total.device() != Device::Cpu && owned.iter().all(|g| g.device() == total.device()) {
-        let runs = owned.iter().map(|g| g.contiguous()).collect::<Result<Vec<_>>>()?;
-        let guards: Vec<_> = runs.iter().map(|g| g.storage()).collect();
-        let parts: Vec<_> = runs.iter().zip(&guards).map(|(g, s)| (&**s, g.layout().offset(), g.numel())).collect();
-        let scaled = Storage::clip_scale(&parts, &total.storage(), max_norm)?;
+    let Some(first) = owned.first() else { return Ok(None) };
+    // On one GPU the kernel derives the factor, from the same contiguous runs the norm was summed over.
+    if first.device() != Device::Cpu && owned.iter().all(|g| g.device() == first.device()) {
+        let (total, scaled) = with_runs(&owned, |parts| {
+            let total = Storage::sum_squares(parts)?;
+            let scaled = Storage::clip_scale(parts, &total, max_norm)?;
+            Ok((total, scaled))
+        })?;
         for ((p, g), s) in grads.iter().zip(scaled) {
             p.set_grad(Some(Tensor::from_storage(s, g.dims())))?;
         }
-    } else {
-        // The CPU, or gradients spread over devices: the host derives the factor from the norm.
-        if let Some(coef) = clip_coefficient(norm.item()?, max_norm) {
-            for (p, g) in &grads {
-                p.set_grad(Some(g.mul_scalar(coef)?))?;
-            }
+        return Ok(Some(Tensor::from_storage(total, &[]).sqrt()?));
+    }
+    // The CPU (reading the norm costs no wait, and gradients within the limit are left as they are rather
+    // than copied), or gradients spread over devices: the host derives the factor from the norm.
+    let Some(total) = squared_total(&owned)? else { return Ok(None) };
+    let norm = total.sqrt()?;
+    if let Some(coef) = clip_coefficient(norm.item()?, max_norm) {
+        for (p, g) in &grads {
+            p.set_grad(Some(g.mul_scalar(coef)?))?;
         }
     }
     Ok(Some(norm))
@@ -61,10 +64,8 @@ pub fn clip_grad_norm_deferred(params: &[Tensor], max_norm: f64) -> Result<Optio
 pub(crate) fn squared_total(grads: &[Tensor]) -> Result<Option<Tensor>> {
     let Some(first) = grads.first() else { return Ok(None) };
     if grads.iter().all(|g| g.device() == first.device()) {
-        let runs = grads.iter().map(|g| g.contiguous()).collect::<Result<Vec<_>>>()?;
-        let guards: Vec<_> = runs.iter().map(|g| g.storage()).collect();
-        let parts: Vec<_> = runs.iter().zip(&guards).map(|(g, s)| (&**s, g.layout().offset(), g.numel())).collect();
-        return Ok(Some(Tensor::from_storage(Storage::sum_squares(&parts)?, &[])));
+        let total = with_runs(grads, Storage::sum_squares)?;
+        return Ok(Some(Tensor::from_storage(total, &[])));
     }
     let mut total: Option<Tensor> = None;
     for g in grads {

@@ -6,7 +6,7 @@
 //! rounds away entirely; late in training, with a decayed learning rate, most updates are that small. The
 //! masters accumulate them exactly as an f32 run would, and the optimizer state (Adam's moments) stays f32.
 
-use super::state::Batch;
+use super::state::{with_runs, Batch};
 use super::Optimizer;
 use crate::autograd::NoGradGuard;
 use crate::backend::{CastRun, Storage};
@@ -170,16 +170,14 @@ impl<O: Optimizer> MixedPrecision<O> {
             let Some(g) = p.working.grad() else { continue };
             match p.master.grad() {
                 Some(prev) => p.master.set_grad(Some(prev.add(&g.to_dtype(p.master.dtype())?)?))?,
-                None => fresh.push((p, g.contiguous()?)),
+                None => fresh.push((p, g)),
             }
             p.working.zero_grad();
         }
         for dtype in [DType::F32, DType::F64] {
             let of_type: Vec<_> = fresh.iter().filter(|(p, _)| p.master.dtype() == dtype).collect();
-            let guards: Vec<_> = of_type.iter().map(|(_, g)| g.storage()).collect();
-            let parts: Vec<_> =
-                of_type.iter().zip(&guards).map(|((_, g), s)| (&**s, g.layout().offset(), g.numel())).collect();
-            let wide = Storage::cast_each(&parts, dtype)?;
+            let grads: Vec<Tensor> = of_type.iter().map(|(_, g)| g.clone()).collect();
+            let wide = with_runs(&grads, |parts| Storage::cast_each(parts, dtype))?;
             for ((p, g), w) in of_type.iter().zip(wide) {
                 p.master.set_grad(Some(Tensor::from_storage(w, g.dims())))?;
             }

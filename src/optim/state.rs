@@ -94,6 +94,15 @@ impl Batch {
     }
 }
 
+/// Calls `f` with each of `ts` made contiguous as a (storage, first element, length) run, the form the
+/// list ops of `Storage` take, holding the storages' read locks meanwhile.
+pub(crate) fn with_runs<R>(ts: &[Tensor], f: impl FnOnce(&[(&Storage, usize, usize)]) -> Result<R>) -> Result<R> {
+    let runs = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = runs.iter().map(|t| t.storage()).collect();
+    let parts: Vec<_> = runs.iter().zip(&guards).map(|(t, s)| (&**s, t.layout().offset(), t.numel())).collect();
+    f(&parts)
+}
+
 /// Appends `item` to `device`'s list in `lists`: a batch's parameters, one list per device in the order
 /// the devices first appear.
 pub(crate) fn push_on_device<T>(lists: &mut Vec<(Device, Vec<T>)>, device: Device, item: T) {
