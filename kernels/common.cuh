@@ -150,27 +150,45 @@ template <typename A> __device__ A block_sum(A v, A* shared) {
 // A half is written again only two calls later, after every thread has passed the other call's barrier,
 // which it reaches only once it has read this call's sums: so no trailing barrier is needed. In the
 // layer-norm kernels the two barriers a row held 8 warps idle twice per row.
-__device__ __forceinline__ void block_sum2_of_warps_alternating(double& a, double& b, double2* shared, int parity) {
+// NP pairs at once (the layer-norm backward over two rows): `shared` then holds 2 × 32 × NP slots, and
+// each pair's sum adds the warps' values in warp order, as NP separate calls would.
+template <int NP>
+__device__ __forceinline__ void block_sum_pairs_of_warps_alternating(double2 (&v)[NP], double2* shared, int parity) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     if (nwarps > 1) {
-        double2* half = shared + (parity & 1) * 32;
-        if (lane == 0) half[warp] = make_double2(a, b);
+        double2* half = shared + (parity & 1) * 32 * NP;
+        if (lane == 0)
+#pragma unroll
+            for (int p = 0; p < NP; ++p) half[warp * NP + p] = v[p];
         __syncthreads();
         if (nwarps <= 8) {
             // Every thread adds the (at most 8) warp sums itself, in warp order: broadcast reads of shared
             // memory issued together, then two chains of adds. Five rounds of f64 shuffles (two shuffles
             // each per value) took about twice as long, every warp of the block waiting, once per row.
-            double2 v = half[0];
-            a = v.x, b = v.y;
+#pragma unroll
+            for (int p = 0; p < NP; ++p) v[p] = half[p];
 #pragma unroll
             for (int w = 1; w < 8; ++w)
-                if (w < nwarps) v = half[w], a += v.x, b += v.y;
+                if (w < nwarps)
+#pragma unroll
+                    for (int p = 0; p < NP; ++p) {
+                        double2 u = half[w * NP + p];
+                        v[p].x += u.x, v[p].y += u.y;
+                    }
         } else {
-            double2 v = lane < nwarps ? half[lane] : make_double2(0.0, 0.0);
-            a = warp_sum(v.x);
-            b = warp_sum(v.y);
+#pragma unroll
+            for (int p = 0; p < NP; ++p) {
+                double2 u = lane < nwarps ? half[lane * NP + p] : make_double2(0.0, 0.0);
+                v[p] = make_double2(warp_sum(u.x), warp_sum(u.y));
+            }
         }
     }
+}
+
+__device__ __forceinline__ void block_sum2_of_warps_alternating(double& a, double& b, double2* shared, int parity) {
+    double2 v[1] = {make_double2(a, b)};
+    block_sum_pairs_of_warps_alternating<1>(v, shared, parity);
+    a = v[0].x, b = v[0].y;
 }
 
 // Sums two values over a block in one round of barriers (a pair of reductions costs what one does);
@@ -395,6 +413,26 @@ template <typename T, int ARRAYS, bool DIRECT = true> struct RowRing {
             // The oldest row in flight: all but the newest stages − 1 groups.
             async_wait_newest(stages - 1);
             body(row, slot);
+        }
+    }
+    // walk() two rows at a time (the layer-norm backward's one reduction for two rows): body(row, slot,
+    // slot2, second) gets rows row and row + gridDim.x (in slots slot and slot2; `second` false where the
+    // block's rows run out first), walking row = blockIdx.x, +2·gridDim.x, ...; the next stages − 2 rows
+    // are in flight meanwhile. Each pair's two fetches go into the two slots the pair before read, once
+    // its body has returned. stages ≥ 2 (the host plans at least 2); the ring mode only.
+    template <int KP, typename F> __device__ void walk_pairs(int64_t rows, F body) {
+        const int64_t step = gridDim.x;
+        int64_t row = blockIdx.x;
+        for (int s = 0; s + 2 < stages; ++s) fetch<KP>(row + s * step, rows, s);
+        for (int slot = 0; row < rows; row += 2 * step) {
+            const int slot2 = slot + 1 == stages ? 0 : slot + 1;
+            // The rows stages − 2 and stages − 1 steps ahead go into the two slots before `slot`.
+            const int ahead = slot + stages - 2 >= stages ? slot - 2 : slot + stages - 2;
+            fetch<KP>(row + (stages - 2) * step, rows, ahead);
+            fetch<KP>(row + (stages - 1) * step, rows, ahead + 1 == stages ? 0 : ahead + 1);
+            async_wait_newest(stages - 2);
+            body(row, slot, slot2, row + step < rows);
+            slot = slot2 + 1 == stages ? 0 : slot2 + 1;
         }
     }
 };

@@ -181,7 +181,12 @@ __device__ void norm_bwd_x_rows(const T* x, const T* w, const typename Acc<T>::t
 // a ring of rows in shared memory (RowRing) fetched stages − 1 rows ahead. With the next row prefetched
 // into registers instead, 122 registers per thread allowed 512 threads per SM, and the bf16 backward,
 // with half of f32's bytes per row in flight, reached 54% of copy bandwidth on an H200 (f32: 91%).
-template <typename T>
+//
+// PAIRS: two rows per block reduction (RowRing::walk_pairs), one barrier for two rows instead of one a
+// row, and the second row's loads and sums independent of the first's. A block walks the same rows in the
+// same order as with one row at a time, and every sum adds in the same order, so for the same grid the
+// results are the same bits. 16-bit rows only: f32 rows of 4096 run at 81-86% of copy bandwidth already.
+template <typename T, bool PAIRS>
 __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T>::type* mean,
                                     const typename Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, int64_t n,
                                     int rms, float* pw, float* pb, int stages) {
@@ -189,7 +194,8 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
     typedef Pack<T> P;
     const int KP = FUSED_VALS / P::N;
     const bool SHORT = sizeof(T) == 2;
-    __shared__ double2 sh[64];  // two halves, alternating by row (block_sum2_of_warps_alternating)
+    const int NR = PAIRS ? 2 : 1;  // rows per reduction
+    __shared__ double2 sh[64 * NR];  // two halves, alternating by reduction (block_sum2_of_warps_alternating)
     int parity = 0;
     DYNAMIC_SHARED(P, shared);
     const T* const src[2] = {x, g};
@@ -215,13 +221,18 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
         if (SHORT) widen(wk[k], wv);
         else load_param_pack<T, A>(w, pk, (A)1, wv);
     };
-    // The statistics are loaded a row ahead.
-    A nmu = 0, nrs = 0;
-    if (blockIdx.x < rows) nmu = mean[blockIdx.x], nrs = rstd[blockIdx.x];
+    // The statistics of the next row (or pair) are loaded a step ahead.
+    const int64_t step = (int64_t)gridDim.x;
+    A nmu[NR], nrs[NR];
+#pragma unroll
+    for (int i = 0; i < NR; ++i) {
+        const int64_t r = blockIdx.x + i * step;
+        nmu[i] = r < rows ? mean[r] : (A)0, nrs[i] = r < rows ? rstd[r] : (A)0;
+    }
     const double inv_n = 1.0 / (double)n;  // as in norm_fwd_rows
-    ring.template walk<KP>(rows, [&](int64_t row, int slot) {
-        A mu = nmu, rs = nrs;
-        if (row + gridDim.x < rows) nmu = mean[row + gridDim.x], nrs = rstd[row + gridDim.x];
+    // The first pass over a row: the weight/bias gradient sums of this thread's columns, and its share
+    // of the row sums Σd and Σd·h (d = g·w), returned summed over the warp.
+    auto accumulate = [&](int64_t row, int slot, A mu, A rs) -> double2 {
         // 16-bit rows (SHORT): h = x·rs − μ·rs in one FFMA, whose rounding (|x·rs| ulps of f32) stays far
         // below the 8-11 bits the outputs keep; f32 rows subtract first.
         const A mrs = -mu * rs;
@@ -247,16 +258,16 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             }
         }
         // The row sums: across a warp in f32 for 16-bit rows (at most 32 × FUSED_VALS values), in f64
-        // otherwise; across warps in f64.
-        double tsd, tsdh;
+        // otherwise; across warps in f64 (by the caller).
         if (SHORT) {
             sd = warp_sum(sd), sdh = warp_sum(sdh);
-            tsd = sd, tsdh = sdh;
-        } else {
-            tsd = warp_sum((double)sd), tsdh = warp_sum((double)sdh);
+            return make_double2(sd, sdh);
         }
-        block_sum2_of_warps_alternating(tsd, tsdh, sh, parity++);
-        A mean_d = rms ? (A)0 : (A)(tsd * inv_n), mean_dh = (A)(tsdh * inv_n);
+        return make_double2(warp_sum((double)sd), warp_sum((double)sdh));
+    };
+    // The second pass: the row's input gradient from its block-wide sums.
+    auto write = [&](int64_t row, int slot, A mu, A rs, double2 sums) {
+        A mean_d = rms ? (A)0 : (A)(sums.x * inv_n), mean_dh = (A)(sums.y * inv_n);
         // dx = rs·(g·w − mean_d − h·mean_dh). For 16-bit rows, expanded to (rs·w)·g + c1·x + c0 with
         // c1 = −rs²·mean_dh and c0 = −rs·mean_d − c1·μ: two FFMAs and a multiply a value. Where |μ| ≫ the
         // row's spread, c1·x and c0 cancel, losing log2(|μ|·rs) bits of f32's 24, still below bf16's 8.
@@ -282,7 +293,32 @@ __device__ void norm_bwd_fused_rows(const T* x, const T* w, const typename Acc<T
             }
             reinterpret_cast<P*>(dx)[row * np + pk] = out;
         }
-    });
+    };
+    if constexpr (PAIRS) {
+        ring.template walk_pairs<KP>(rows, [&](int64_t row, int slot, int slot2, bool second) {
+            const A mu0 = nmu[0], rs0 = nrs[0], mu1 = nmu[NR - 1], rs1 = nrs[NR - 1];
+#pragma unroll
+            for (int i = 0; i < NR; ++i) {
+                const int64_t r = row + (2 + i) * step;
+                if (r < rows) nmu[i] = mean[r], nrs[i] = rstd[r];
+            }
+            double2 sums[NR];
+            sums[0] = accumulate(row, slot, mu0, rs0);
+            // A block whose rows run out on the first of a pair reduces zeros for the second.
+            sums[NR - 1] = second ? accumulate(row + step, slot2, mu1, rs1) : make_double2(0.0, 0.0);
+            block_sum_pairs_of_warps_alternating<NR>(sums, sh, parity++);
+            write(row, slot, mu0, rs0, sums[0]);
+            if (second) write(row + step, slot2, mu1, rs1, sums[NR - 1]);
+        });
+    } else {
+        ring.template walk<KP>(rows, [&](int64_t row, int slot) {
+            const A mu = nmu[0], rs = nrs[0];
+            if (row + step < rows) nmu[0] = mean[row + step], nrs[0] = rstd[row + step];
+            double2 sums[1] = {accumulate(row, slot, mu, rs)};
+            block_sum_pairs_of_warps_alternating<1>(sums, sh, parity++);
+            write(row, slot, mu, rs, sums[0]);
+        });
+    }
 #pragma unroll
     for (int k = 0; k < KP; ++k) {
         int64_t pk = threadIdx.x + (int64_t)k * blockDim.x;
@@ -353,22 +389,30 @@ __device__ void norm_bwd_wb_partial(const T* x, const typename Acc<T>::type* mea
     }
 }
 
+// Thread rows of the finish kernels' blocks (block (32, FINISH_ROWS); norm.rs launches the same).
+#define FINISH_ROWS 32
+
 // gw[col] = Σ_slices pw in f64, gb likewise (either output may be null); the partials are f64 (row
-// slices) or f32 (the fused backward's blocks). Block (32, 8), grid ceil(n/32): thread row y sums slices
-// y, y+8, y+16, ... in order, then row 0 adds the eight in order, so the result does not depend on
-// timing. One thread per column walking all ~264 slices of an H200 had ~16 times fewer loads in flight.
+// slices) or f32 (the fused backward's blocks). Block (32, FINISH_ROWS), grid ceil(n/32): thread row y
+// sums slices y, y + FINISH_ROWS, ... in order, then row 0 adds the rows' sums in order, so the result
+// does not depend on timing. One thread per column walking all ~400 slices of an H200 had ~16 times
+// fewer loads in flight; 8 thread rows left a 4096-column finish 128 blocks of 8 warps, each thread
+// walking ~50 slices of L2 hits four at a time.
 template <typename W, typename Part>
 __device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, int64_t n, W* gw, W* gb) {
-    __shared__ double sw[8][32], sb[8][32];
+    __shared__ double sw[FINISH_ROWS][32], sb[FINISH_ROWS][32];
     const int64_t col = (int64_t)blockIdx.x * 32 + threadIdx.x;
     double aw = 0, ab = 0;
     if (col < n)
-        for (int k = threadIdx.y; k < slices; k += 8) { aw += (double)pw[k * n + col]; ab += (double)pb[k * n + col]; }
+        for (int k = threadIdx.y; k < slices; k += FINISH_ROWS) {
+            aw += (double)pw[k * n + col];
+            ab += (double)pb[k * n + col];
+        }
     sw[threadIdx.y][threadIdx.x] = aw;
     sb[threadIdx.y][threadIdx.x] = ab;
     __syncthreads();
     if (threadIdx.y == 0 && col < n) {
-        for (int k = 1; k < 8; ++k) { aw += sw[k][threadIdx.x]; ab += sb[k][threadIdx.x]; }
+        for (int k = 1; k < FINISH_ROWS; ++k) { aw += sw[k][threadIdx.x]; ab += sb[k][threadIdx.x]; }
         if (gw) gw[col] = from_acc<W, double>(aw);
         if (gb) gb[col] = from_acc<W, double>(ab);
     }
@@ -391,7 +435,7 @@ __device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, i
     extern "C" __global__ void norm_backward_wb_partial_##S(const T* x, const Acc<T>::type* mean, const Acc<T>::type* rstd, \
                                                             const T* g, int64_t rows, int64_t n, double* pw, double* pb) { \
         norm_bwd_wb_partial<T>(x, mean, rstd, g, rows, n, pw, pb); } \
-    extern "C" __global__ void norm_backward_wb_finish_##S(const double* pw, const double* pb, int slices, int64_t n, T* gw, T* gb) { \
+    extern "C" __global__ void __launch_bounds__(32 * FINISH_ROWS) norm_backward_wb_finish_##S(const double* pw, const double* pb, int slices, int64_t n, T* gw, T* gb) { \
         norm_bwd_wb_finish<T, double>(pw, pb, slices, n, gw, gb); }
 FOR_FLOATS(NORM)
 
@@ -414,7 +458,13 @@ FOR_FLOATS(NORM)
     extern "C" __global__ void BOUNDS norm_backward_fused_rows_##S( \
         const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
         int64_t n, int rms, float* pw, float* pb, int stages) { \
-        norm_bwd_fused_rows<T>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb, stages); } \
-    extern "C" __global__ void norm_backward_fused_finish_##S(const float* pw, const float* pb, int slices, int64_t n, T* gw, T* gb) { \
+        norm_bwd_fused_rows<T, false>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb, stages); } \
+    extern "C" __global__ void __launch_bounds__(32 * FINISH_ROWS) norm_backward_fused_finish_##S(const float* pw, const float* pb, int slices, int64_t n, T* gw, T* gb) { \
         norm_bwd_wb_finish<T, float>(pw, pb, slices, n, gw, gb); }
 NORM_FUSED(f32, float, FUSED_BOUNDS) NORM_FUSED(bf16, bf16, SHORT_FUSED_BOUNDS) NORM_FUSED(f16, f16, SHORT_FUSED_BOUNDS)
+#define NORM_FUSED_PAIRS(S, T) \
+    extern "C" __global__ void SHORT_FUSED_BOUNDS norm_backward_fused_pairs_rows_##S( \
+        const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
+        int64_t n, int rms, float* pw, float* pb, int stages) { \
+        norm_bwd_fused_rows<T, true>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb, stages); }
+NORM_FUSED_PAIRS(bf16, bf16) NORM_FUSED_PAIRS(f16, f16)

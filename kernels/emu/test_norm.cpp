@@ -12,12 +12,16 @@ template <typename T> struct K;
         static constexpr auto fwd_rows = norm_forward_rows_##S, fwd = norm_forward_##S; \
         static constexpr auto bwd_rows = norm_backward_x_rows_##S, bwd = norm_backward_x_##S; \
         static constexpr auto partial = norm_backward_wb_partial_##S, finish = norm_backward_wb_finish_##S; \
-        static constexpr auto fused = FUSED_##S, fused_finish = FUSED_FINISH_##S; };
+        static constexpr auto fused = FUSED_##S, fused_finish = FUSED_FINISH_##S, fused_pairs = FUSED_PAIRS_##S; };
 #define FUSED_f32 norm_backward_fused_rows_f32
 #define FUSED_bf16 norm_backward_fused_rows_bf16
 #define FUSED_f16 norm_backward_fused_rows_f16
 #define FUSED_f64 (void (*)(const double*, const double*, const double*, const double*, const double*, double*, \
                             int64_t, int64_t, int, float*, float*, int))nullptr
+#define FUSED_PAIRS_bf16 norm_backward_fused_pairs_rows_bf16
+#define FUSED_PAIRS_f16 norm_backward_fused_pairs_rows_f16
+#define FUSED_PAIRS_f32 nullptr
+#define FUSED_PAIRS_f64 nullptr
 #define FUSED_FINISH_f32 norm_backward_fused_finish_f32
 #define FUSED_FINISH_bf16 norm_backward_fused_finish_bf16
 #define FUSED_FINISH_f16 norm_backward_fused_finish_f16
@@ -126,8 +130,28 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
         Buf<float> pw(blocks * n), pb(blocks * n);
         emu::launch_shared(dim3(blocks), dim3(ft), fused_bytes, K<T>::fused, x.ptr(), wp, mean.ptr(), rstd.ptr(), g.ptr(),
                            gx.ptr(), rows, n, (int)rms, pw.ptr(), pb.ptr(), fused_stages);
-        emu::launch(dim3((n + 31) / 32), dim3(32, 8), K<T>::fused_finish, pw.ptr(), pb.ptr(), (int)blocks, n,
+        emu::launch(dim3((n + 31) / 32), dim3(32, FINISH_ROWS), K<T>::fused_finish, pw.ptr(), pb.ptr(), (int)blocks, n,
                     has_w ? gw.ptr() : nullptr, has_b ? gb.ptr() : nullptr);
+        if constexpr (sizeof(T) == 2) {
+            // The pair walk on the same grid: the same rows in the same order, the same sums in the same
+            // order, so the same bits as a row at a time; its ring one stage deeper (at least 2).
+            const int ps = std::min(RING_STAGES, fused_stages + 1);
+            Buf<T> gx2(rows * n);
+            Buf<float> pw2(blocks * n), pb2(blocks * n);
+            emu::launch_shared(dim3(blocks), dim3(ft), fused_bytes / fused_stages * ps, K<T>::fused_pairs, x.ptr(), wp,
+                               mean.ptr(), rstd.ptr(), g.ptr(), gx2.ptr(), rows, n, (int)rms, pw2.ptr(), pb2.ptr(), ps);
+            char pn[200];
+            snprintf(pn, sizeof pn, "norm_backward_fused_pairs_rows(stages=%d)_%s n=%ld rows=%ld %s w=%d b=%d", ps,
+                     tname<T>(), (long)n, (long)rows, rms ? "rms" : "ln", has_w, has_b);
+            auto as_d = [](auto& buf, size_t len) {
+                std::vector<double> v(len);
+                for (size_t i = 0; i < len; ++i) v[i] = buf.d(i);
+                return v;
+            };
+            compare(std::string(pn) + " gx = one row at a time", gx2.ptr(), as_d(gx, rows * n), 0.0);
+            compare(std::string(pn) + " pw = one row at a time", pw2.ptr(), as_d(pw, blocks * n), 0.0);
+            compare(std::string(pn) + " pb = one row at a time", pb2.ptr(), as_d(pb, blocks * n), 0.0);
+        }
     } else {
         if (ct) {
             bk = "norm_backward_x_rows";
@@ -143,7 +167,7 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
             Buf<double> pw(slices * n), pb(slices * n);
             emu::launch(dim3((n + 31) / 32, slices), dim3(32, 8), K<T>::partial, x.ptr(), mean.ptr(), rstd.ptr(), g.ptr(), rows,
                         n, pw.ptr(), pb.ptr());
-            emu::launch(dim3((n + 31) / 32), dim3(32, 8), K<T>::finish, pw.ptr(), pb.ptr(), (int)slices, n,
+            emu::launch(dim3((n + 31) / 32), dim3(32, FINISH_ROWS), K<T>::finish, pw.ptr(), pb.ptr(), (int)slices, n,
                         has_w ? gw.ptr() : nullptr, has_b ? gb.ptr() : nullptr);
         }
     }
@@ -167,6 +191,8 @@ template <typename T> void all() {
         run<T>(10000, 2, rms, true, true);     // past the cached limit: 1024 threads
     }
     run<T>(64, 300, 0, true, true);        // 19 fused blocks, each walking 15-16 rows (prefetching the next)
+    run<T>(64, 1100, 0, true, true);       // 69 fused blocks: the finish's 32 thread rows fold 2-3 partials each
+    run<T>(72, 1100, 1, true, true, 1);    // 35 row slices of wb_partial: the finish folds 1-2 a thread row
     run<T>(128, 37, 0, true, true, 0, 3);  // 3 fused blocks over 37 rows: uneven last rows
     run<T>(8192, 2, 0, true, true);        // the widest fused row: 512 threads
     run<T>(4000, 3, 1, true, false);       // columns not a multiple of the block's 16-value stride

@@ -1,10 +1,11 @@
 //! Launchers for kernels/norm.cu (layer/RMS norm) and kernels/loss.cu (cross-entropy from logits).
 
 use super::device::{launch, launch_shared};
-use super::ring::{ring_plan, Direct};
+use super::ring::{ring_plan, Direct, RingKernel, Walk};
 use super::softmax::{cached_row_threads, row_threads};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::{DType, Error, Result};
+use std::sync::OnceLock;
 
 /// Values per thread and most threads per block of the fused norm backward (FUSED_VALS and FUSED_THREADS
 /// in kernels/norm.cu).
@@ -13,6 +14,14 @@ const FUSED_THREADS: usize = 512;
 /// Fewest rows each block of the fused backward walks: every block writes a partial row of weight and
 /// bias gradients, so fewer, longer-lived blocks keep that extra traffic small next to x and g.
 const FUSED_MIN_ROWS_PER_BLOCK: usize = 16;
+
+/// `MUNJA_NORM_PAIRS=1` (read once): the fused backward of 16-bit rows reduces two rows at a time
+/// (`norm_backward_fused_pairs_rows`: one barrier for two rows). Off by default until a GPU has measured
+/// it against a row at a time (scripts/gpu-suite.sh prints both); for the same grid both give the same bits.
+fn fused_pairs() -> bool {
+    static PAIRS: OnceLock<bool> = OnceLock::new();
+    *PAIRS.get_or_init(|| std::env::var("MUNJA_NORM_PAIRS").is_ok_and(|v| v.trim() == "1"))
+}
 
 /// Threads per block of the fused norm backward, when it applies: rows of whole 16-byte packs, every
 /// pointer 16-byte aligned, at most FUSED_VALS values per thread (rows up to 8192).
@@ -25,7 +34,10 @@ fn fused_threads(n: usize, dtype: DType, ptrs: &[u64]) -> Option<u32> {
     fits.then(|| (n.div_ceil(FUSED_VALS).div_ceil(32) * 32).clamp(32, FUSED_THREADS) as u32)
 }
 
-/// Grid of the weight/bias finish kernels (block (32, 8)): one block per 32 columns.
+/// Thread rows of the weight/bias finish kernels' blocks (FINISH_ROWS in kernels/norm.cu).
+const FINISH_ROWS: u32 = 32;
+
+/// Grid of the weight/bias finish kernels (block (32, FINISH_ROWS)): one block per 32 columns.
 fn finish_grid(n: usize) -> (u32, u32, u32) {
     (n.div_ceil(32) as u32, 1, 1)
 }
@@ -75,7 +87,7 @@ pub(crate) fn norm_forward(
     if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
         let name = kname("norm_forward_rows", x.dtype());
-        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1, Direct::Allowed)? {
+        if let Some(plan) = ring_plan(dev, RingKernel::rows(name, t, 1, Direct::Allowed), n, x.dtype())? {
             let blocks = plan.blocks(rows);
             return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, plan.stages)
@@ -115,10 +127,15 @@ pub(crate) fn norm_backward(
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     let fused = fused_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]);
-    let name = kname("norm_backward_fused_rows", x.dtype());
+    let (name, walk) = if x.dtype().size_in_bytes() == 2 && fused_pairs() {
+        (kname("norm_backward_fused_pairs_rows", x.dtype()), Walk::Pairs)
+    } else {
+        (kname("norm_backward_fused_rows", x.dtype()), Walk::Rows)
+    };
     let ring = match fused {
         Some(t) if rows > 0 && (w.is_some() || has_bias) => {
-            ring_plan(dev, name, n, x.dtype(), t, 2, Direct::Never)?.map(|r| (t, r))
+            let kernel = RingKernel { name, threads: t, arrays: 2, direct: Direct::Never, walk };
+            ring_plan(dev, kernel, n, x.dtype())?.map(|r| (t, r))
         }
         _ => None,
     };
@@ -134,7 +151,7 @@ pub(crate) fn norm_backward(
         let gw = w.map(|_| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let gb = has_bias.then(|| CudaStorage::alloc(dev, x.dtype(), n)).transpose()?;
         let (gwp, gbp) = (gw.as_ref().map_or(0, |s| s.ptr()), gb.as_ref().map_or(0, |s| s.ptr()));
-        launch!(dev, kname("norm_backward_fused_finish", x.dtype()), finish_grid(n), (32, 8, 1);
+        launch!(dev, kname("norm_backward_fused_finish", x.dtype()), finish_grid(n), (32, FINISH_ROWS, 1);
             pw.ptr(), pb.ptr(), blocks as i32, n as i64, gwp, gbp)?;
         return Ok((gx, gw, gb));
     }
@@ -159,7 +176,7 @@ pub(crate) fn norm_backward(
         launch!(dev, kname("norm_backward_wb_partial", x.dtype()), (n.div_ceil(32) as u32, slices as u32, 1), (32, 8, 1);
             x.ptr(), mean.ptr(), rstd.ptr(), g.ptr(), rows as i64, n as i64, pw.ptr(), pb.ptr())?;
         let (gwp, gbp) = (if w.is_some() { gw.ptr() } else { 0u64 }, if has_bias { gb.ptr() } else { 0u64 });
-        launch!(dev, kname("norm_backward_wb_finish", x.dtype()), finish_grid(n), (32, 8, 1);
+        launch!(dev, kname("norm_backward_wb_finish", x.dtype()), finish_grid(n), (32, FINISH_ROWS, 1);
             pw.ptr(), pb.ptr(), slices as i32, n as i64, gwp, gbp)?;
     }
     Ok((gx, w.map(|_| gw), has_bias.then_some(gb)))

@@ -56,6 +56,24 @@ impl Direct {
     }
 }
 
+/// How many rows a ring kernel computes at once: its walk (`RowRing::walk` or `walk_pairs`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Walk {
+    /// A row at a time, stages − 1 rows in flight ahead of it.
+    Rows,
+    /// Two rows per block reduction (`walk_pairs`): at least 2 stages, stages − 2 rows in flight ahead.
+    Pairs,
+}
+
+impl Walk {
+    fn rows_at_once(self) -> usize {
+        match self {
+            Walk::Rows => 1,
+            Walk::Pairs => 2,
+        }
+    }
+}
+
 /// How a ring kernel launches: `stages` row slots taking `shared` bytes of dynamic shared memory per
 /// block, and the `resident` blocks of that size the whole device holds at once (the most the kernel's
 /// row walk can use). Stages 0 (direct mode): no shared memory; `blocks` then gives a block per row.
@@ -77,56 +95,61 @@ impl RingPlan {
     }
 }
 
-/// The plan for the row ring (RowRing in kernels/common.cuh) of kernel `name` in `threads`-thread
-/// blocks: `arrays` rows of n values per stage, each thread holding ceil(packs / threads) 16-byte packs;
-/// `default_stages` of them as far as the device lets one block have; or the direct mode as `direct`
-/// says. None when not even one stage fits (f64 rows of 8192 values on an A100 do not).
+/// A ring kernel as its plan sees it: kernel `name` in `threads`-thread blocks, `arrays` rows of n values
+/// per stage (x and g for a backward), its direct mode and its walk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct RingKernel {
+    pub(crate) name: &'static str,
+    pub(crate) threads: u32,
+    pub(crate) arrays: usize,
+    pub(crate) direct: Direct,
+    pub(crate) walk: Walk,
+}
+
+impl RingKernel {
+    /// Kernel `name` walking a row at a time.
+    pub(crate) fn rows(name: &'static str, threads: u32, arrays: usize, direct: Direct) -> RingKernel {
+        RingKernel { name, threads, arrays, direct, walk: Walk::Rows }
+    }
+}
+
+/// The plan for the row ring (RowRing in kernels/common.cuh) of kernel `k` over rows of `n` values:
+/// each thread holding ceil(packs / threads) 16-byte packs of each array per stage; `default_stages` of
+/// them as far as the device lets one block have (one more for a pair walk, so as many rows stay in
+/// flight); or the direct mode as `k.direct` says. None when not even the rows computed at once fit (f64
+/// rows of 8192 values on an A100 do not).
 ///
 /// A plan depends only on the device, the kernel, the block width, the slot size and the mode, and the
 /// shared-memory opt-in it makes stays with the loaded kernel: plans are kept per process, so a launch
 /// after the first asks the driver nothing (planning took about five attribute and occupancy queries).
-pub(crate) fn ring_plan(
-    dev: &CudaDevice,
-    name: &'static str,
-    n: usize,
-    dtype: DType,
-    threads: u32,
-    arrays: usize,
-    direct: Direct,
-) -> Result<Option<RingPlan>> {
-    type Key = (Device, &'static str, u32, usize, Direct);
+pub(crate) fn ring_plan(dev: &CudaDevice, k: RingKernel, n: usize, dtype: DType) -> Result<Option<RingPlan>> {
+    type Key = (Device, RingKernel, usize);
     static PLANS: OnceLock<Mutex<HashMap<Key, Option<RingPlan>>>> = OnceLock::new();
     let packs = n / (16 / dtype.size_in_bytes());
-    let stage = arrays * packs.div_ceil(threads as usize) * threads as usize * 16;
-    let key = (dev.device(), name, threads, stage, direct);
+    let stage = k.arrays * packs.div_ceil(k.threads as usize) * k.threads as usize * 16;
+    let key = (dev.device(), k, stage);
     let plans = PLANS.get_or_init(Default::default);
     if let Some(plan) = plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(*plan);
     }
-    let plan = plan_ring(dev, name, stage, threads, direct)?;
+    let plan = plan_ring(dev, k, stage)?;
     plans.lock().unwrap_or_else(|e| e.into_inner()).insert(key, plan);
     Ok(plan)
 }
 
 /// `ring_plan` for slots of `stage` bytes, asking the driver.
-fn plan_ring(
-    dev: &CudaDevice,
-    name: &'static str,
-    stage: usize,
-    threads: u32,
-    direct: Direct,
-) -> Result<Option<RingPlan>> {
-    let max_stages = planned_stages(stages_override(), direct, stage);
+fn plan_ring(dev: &CudaDevice, k: RingKernel, stage: usize) -> Result<Option<RingPlan>> {
+    let max_stages = walk_stages(planned_stages(stages_override(), k.direct, stage), k.walk);
     if max_stages == 0 {
-        return Ok(Some(RingPlan { stages: 0, shared: 0, resident: dev.resident_blocks(name, threads, 0)? }));
+        return Ok(Some(RingPlan { stages: 0, shared: 0, resident: dev.resident_blocks(k.name, k.threads, 0)? }));
     }
-    let stages = (dev.max_dynamic_shared(name)? / stage.max(1)).min(max_stages);
-    if stages == 0 {
+    let stages = (dev.max_dynamic_shared(k.name)? / stage.max(1)).min(max_stages);
+    if stages < k.walk.rows_at_once() {
         return Ok(None);
     }
     let shared = stages * stage;
-    dev.allow_dynamic_shared(name, shared)?;
-    let resident = dev.resident_blocks(name, threads, shared)?;
+    dev.allow_dynamic_shared(k.name, shared)?;
+    let resident = dev.resident_blocks(k.name, k.threads, shared)?;
     Ok(Some(RingPlan { stages: stages as i32, shared, resident }))
 }
 
@@ -142,9 +165,19 @@ fn planned_stages(overridden: Option<usize>, direct: Direct, stage: usize) -> us
     }
 }
 
+/// The stages of a `walk` from those planned for a row at a time: a pair walk keeps as many rows in
+/// flight ahead of the rows it computes with one more stage, and needs at least 2 (the direct mode
+/// compiled out of it, 0 cannot occur: `planned_stages` gives such kernels 1 for it).
+fn walk_stages(planned: usize, walk: Walk) -> usize {
+    match walk {
+        Walk::Rows => planned,
+        Walk::Pairs => (planned + 1).max(2),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{default_stages, planned_stages, Direct};
+    use super::{default_stages, planned_stages, walk_stages, Direct, Walk};
 
     #[test]
     fn direct_mode_only_where_the_kernel_has_it() {
@@ -156,6 +189,15 @@ mod tests {
         assert_eq!(planned_stages(Some(0), Direct::Never, stage), 1);
         assert_eq!(planned_stages(Some(2), Direct::Preferred, stage), 2);
         assert_eq!(planned_stages(Some(2), Direct::Never, stage), 2);
+    }
+
+    #[test]
+    fn pair_walks_keep_as_many_rows_in_flight() {
+        assert_eq!(walk_stages(3, Walk::Rows), 3);
+        assert_eq!(walk_stages(3, Walk::Pairs), 4);
+        // MUNJA_RING_STAGES=1 (or 0, given 1 by planned_stages): no row ahead, but both rows of a pair.
+        assert_eq!(walk_stages(planned_stages(Some(0), Direct::Never, 16 * 1024), Walk::Pairs), 2);
+        assert_eq!(walk_stages(1, Walk::Pairs), 2);
     }
 
     #[test]

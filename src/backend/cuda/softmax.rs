@@ -2,7 +2,7 @@
 
 use super::device::{launch, launch_shared};
 use super::elementwise::cast;
-use super::ring::{ring_plan, Direct};
+use super::ring::{ring_plan, Direct, RingKernel};
 use super::storage::{kname, need_float, same_device, same_dtype, CudaStorage};
 use crate::backend::Causal;
 use crate::shape::Layout;
@@ -62,7 +62,8 @@ pub(crate) fn softmax(x: &CudaStorage, l: &Layout, log: bool, causal: Option<Cau
         // Resident blocks walking the rows, each with a ring of rows in flight; or, for rows of 4+ warps, a
         // block per row loading straight into registers (DIRECT_MIN_THREADS).
         let (dev, name) = (x.dev(), kname("softmax_rows", x.dtype()));
-        if let Some(plan) = ring_plan(dev, name, n, x.dtype(), t, 1, Direct::preferred_if(t >= DIRECT_MIN_THREADS))? {
+        let kernel = RingKernel::rows(name, t, 1, Direct::preferred_if(t >= DIRECT_MIN_THREADS));
+        if let Some(plan) = ring_plan(dev, kernel, n, x.dtype())? {
             let blocks = plan.blocks(rows);
             launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 src, out.ptr(), rows as i64, n as i64, log as i32, mask_rows, offset, plan.stages)?;
@@ -88,7 +89,7 @@ pub(crate) fn softmax_backward(y: &CudaStorage, g: &CudaStorage, n: usize, log: 
     if let Some(t) = cached_row_threads(n, y.dtype(), &[y.ptr(), g.ptr(), out.ptr()]) {
         // As the forward: resident blocks walking the rows, y and g through a ring.
         let (dev, name) = (y.dev(), kname("softmax_backward_rows", y.dtype()));
-        if let Some(plan) = ring_plan(dev, name, n, y.dtype(), t, 2, Direct::Allowed)? {
+        if let Some(plan) = ring_plan(dev, RingKernel::rows(name, t, 2, Direct::Allowed), n, y.dtype())? {
             let blocks = plan.blocks(rows);
             launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 y.ptr(), g.ptr(), out.ptr(), rows as i64, n as i64, log as i32, plan.stages)?;
