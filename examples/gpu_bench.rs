@@ -275,9 +275,12 @@ fn main() -> Result<()> {
     report("adamw f32", "2^26", ms, gb(28.0 * n as f64, ms), "GB/s", copy_gbs, &chk);
     drop((p, g, m, v));
 
-    // ---- embedding backward (index_add of a batch's rows into the table), token ids as text has them:
-    // one id takes a large share (the space of a character vocabulary ~15% of the tokens). Reads the
-    // source rows and the table, writes the table. Below 64 MiB: GPT-sized calls, outside the bar. ----
+    // ---- embedding backward (the table's gradient: a batch's rows added into zeros), token ids as text
+    // has them: one id takes a large share (the space of a character vocabulary ~15% of the tokens).
+    // Autograd's backward minus the forward, as layer_norm's. Reads the rows' gradients, writes the
+    // table's: 25 MB for the character vocabulary, 205 MB for GPT-2's. A sort and a scatter
+    // (kernels/index.cu), not one streaming pass: reported for the GPT steps, beside the copy ceiling for
+    // scale. ----
     for (vocab, width, hot) in [(65usize, 384usize, 0.15f64), (50_257, 768, 0.04)] {
         let n = 16_384usize;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -293,20 +296,28 @@ fn main() -> Result<()> {
             })
             .collect();
         let ids = Tensor::from_vec(ids, &[n], Device::Cpu)?;
-        let src = randn(20, &[n, width], DType::F32, d)?;
-        let table = Tensor::zeros(&[vocab, width], DType::F32, d)?;
-        let (idg, rows) = (ids.to_device(d)?, vocab.min(64));
-        let got = head(&table.index_add(0, &idg, &src)?, rows)?;
+        let g = randn(20, &[n, width], DType::F32, d)?;
+        let table = randn(21, &[vocab, width], DType::F32, d)?.set_requires_grad(true);
+        let idg = ids.to_device(d)?;
+        let step = || {
+            table.zero_grad();
+            table.embedding(&idg)?.backward_with(&g)
+        };
+        step()?;
+        let rows = vocab.min(64);
+        let got = head(&table.grad().expect("the table's gradient"), rows)?;
         let want = Tensor::zeros(&[vocab, width], DType::F64, Device::Cpu)?.index_add(
             0,
             &ids,
-            &src.to_device(Device::Cpu)?.to_dtype(DType::F64)?,
+            &g.to_device(Device::Cpu)?.to_dtype(DType::F64)?,
         )?;
         let chk = verdict(rel_max(&got, &want.narrow(0, 0, rows)?)?, 1e-6);
-        let ms = time(d, || table.index_add(0, &idg, &src).map(drop))?;
-        let bytes = 4.0 * (n * width + 2 * vocab * width) as f64;
+        let ms = time(d, step)?;
+        let ms_fwd = time(d, || table.embedding(&idg).map(drop))?;
+        let bwd = (ms - ms_fwd).max(1e-3);
+        let bytes = 4.0 * (n * width + vocab * width) as f64;
         let shape = format!("{n} ids into {vocab}x{width}, {:.0}% one id", hot * 100.0);
-        report("embedding bwd f32", &shape, ms, gb(bytes, ms), "GB/s", copy_gbs, &chk);
+        report("embedding bwd f32", &shape, bwd, gb(bytes, bwd), "GB/s", copy_gbs, &chk);
     }
 
     // ---- matmul: munja (cuBLASLt) vs cuBLAS directly, same shapes and data ----

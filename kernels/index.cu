@@ -81,17 +81,29 @@ extern "C" __global__ void sort_count(int32_t* cnt, int chunks, int64_t size, in
     }
 }
 
-// One block: base[i] = total[0] + ... + total[i-1], for i < m, tile by tile with a running carry.
+// Keys each thread of sort_base scans per tile: with one key a thread, GPT-2's 50258 keys took 50 tiles
+// of four barriers each in the kernel's single block.
+#define SCAN_KEYS 16
+
+// One block: base[i] = total[0] + ... + total[i-1], for i < m, tile by tile with a running carry; in a
+// tile each thread takes SCAN_KEYS consecutive keys: their sum, the block's exclusive scan of those sums,
+// then the keys' prefixes from it.
 extern "C" __global__ void ROW_BOUNDS sort_base(const int32_t* total, int64_t m, int32_t* base) {
     __shared__ int32_t warp_sums[32];
     __shared__ int32_t carry;
     if (threadIdx.x == 0) carry = 0;
     __syncthreads();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int64_t t0 = 0; t0 < m; t0 += blockDim.x) {
-        int64_t i = t0 + threadIdx.x;
-        int32_t v = i < m ? total[i] : 0, x = v;
-        // Inclusive scan within the warp, then across the warps' sums.
+    for (int64_t t0 = 0; t0 < m; t0 += (int64_t)blockDim.x * SCAN_KEYS) {
+        const int64_t i0 = t0 + (int64_t)threadIdx.x * SCAN_KEYS;
+        int32_t v[SCAN_KEYS], mine = 0;
+#pragma unroll
+        for (int u = 0; u < SCAN_KEYS; ++u) {
+            v[u] = i0 + u < m ? total[i0 + u] : 0;
+            mine += v[u];
+        }
+        // Inclusive scan of the threads' sums within the warp, then across the warps' sums.
+        int32_t x = mine;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
             int32_t y = __shfl_up_sync(0xffffffff, x, o);
@@ -109,9 +121,14 @@ extern "C" __global__ void ROW_BOUNDS sort_base(const int32_t* total, int64_t m,
             if (lane < nwarps) warp_sums[lane] = z - w;  // exclusive: the warps before this one
         }
         __syncthreads();
-        if (i < m) base[i] = carry + warp_sums[warp] + x - v;
+        int32_t run = carry + warp_sums[warp] + x - mine;
+#pragma unroll
+        for (int u = 0; u < SCAN_KEYS; ++u) {
+            if (i0 + u < m) base[i0 + u] = run;
+            run += v[u];
+        }
         __syncthreads();
-        if (threadIdx.x == blockDim.x - 1) carry += warp_sums[warp] + x;
+        if (threadIdx.x == blockDim.x - 1) carry = run;
         __syncthreads();
     }
 }
@@ -189,25 +206,32 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
 }
 
 // The rows that span segments: out[o, v, j] += tail of the row's first segment + the heads of the
-// following ones, in segment order (so in index order: deterministic). Grid (size, outer).
+// following ones, in segment order (so in index order: deterministic). Grid (segments, outer): block s
+// takes the row of its segment's last position when the row begins in segment s and goes on past it;
+// every spanning row has exactly one such segment. A block per destination row instead launched 50257
+// blocks for GPT-2's vocabulary, nearly all of them with nothing to do.
 template <typename T>
-__device__ void index_add_segments_finish_k(T* out, const int32_t* base, const int32_t* total, const double* part,
-                                            int64_t size, int64_t inner, int64_t segments) {
-    const int64_t v = blockIdx.x, o = blockIdx.y;
+__device__ void index_add_segments_finish_k(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base,
+                                            const int32_t* total, const double* part, int64_t size, int64_t inner,
+                                            int64_t nidx) {
+    const int64_t s = blockIdx.x, o = blockIdx.y, segments = gridDim.x;
+    const int64_t last = min((s + 1) * INDEX_SEGMENT, nidx) - 1;
+    const int64_t v = sort_key(idx, sorted[last], size);
+    if (v == size) return;  // the bucket of out-of-range indices: nothing to add
     const int64_t cnt = total[v], s0 = base[v] / INDEX_SEGMENT, s1 = ((int64_t)base[v] + cnt - 1) / INDEX_SEGMENT;
-    if (cnt == 0 || s0 == s1) return;
+    if (s0 != s || s1 == s0) return;
     const double* at = part + o * segments * 2 * inner;
     for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
         double acc = at[(s0 * 2 + 1) * inner + j];
-        int64_t s = s0 + 1;
-        for (; s + SORTED_BATCH - 1 <= s1; s += SORTED_BATCH) {
+        int64_t q = s0 + 1;
+        for (; q + SORTED_BATCH - 1 <= s1; q += SORTED_BATCH) {
             double b[SORTED_BATCH];
 #pragma unroll
-            for (int u = 0; u < SORTED_BATCH; ++u) b[u] = at[(s + u) * 2 * inner + j];
+            for (int u = 0; u < SORTED_BATCH; ++u) b[u] = at[(q + u) * 2 * inner + j];
 #pragma unroll
             for (int u = 0; u < SORTED_BATCH; ++u) acc += b[u];
         }
-        for (; s <= s1; ++s) acc += at[s * 2 * inner + j];
+        for (; q <= s1; ++q) acc += at[q * 2 * inner + j];
         int64_t d = (o * size + v) * inner + j;
         out[d] = from_acc<T, double>(to_acc<double>(out[d]) + acc);
     }
@@ -261,9 +285,10 @@ __device__ void scatter_add_k(T* out, Strided xs, const int64_t* idx, Strided is
                                                       const int32_t* total, const T* src, double* part, int64_t size, \
                                                       int64_t inner, int64_t nidx) { \
         index_add_segments_k<T>(out, idx, sorted, base, total, src, part, size, inner, nidx); } \
-    extern "C" __global__ void index_add_segments_finish_##S(T* out, const int32_t* base, const int32_t* total, \
-                                                             const double* part, int64_t size, int64_t inner, int64_t segments) { \
-        index_add_segments_finish_k<T>(out, base, total, part, size, inner, segments); } \
+    extern "C" __global__ void index_add_segments_finish_##S(T* out, const int64_t* idx, const int32_t* sorted, \
+                                                             const int32_t* base, const int32_t* total, const double* part, \
+                                                             int64_t size, int64_t inner, int64_t nidx) { \
+        index_add_segments_finish_k<T>(out, idx, sorted, base, total, part, size, inner, nidx); } \
     extern "C" __global__ void gather_##S(const T* x, Strided xs, const int64_t* idx, Strided is, int dim, T* out, int64_t n) { \
         gather_k<T>(x, xs, idx, is, dim, out, n); } \
     extern "C" __global__ void scatter_add_##S(T* out, Strided xs, const int64_t* idx, Strided is, int dim, const T* src, int64_t lines) { \

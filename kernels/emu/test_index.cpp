@@ -121,8 +121,9 @@ const char* launch_add(T* out, const int64_t* idx, const T* src, int64_t outer, 
     if (size > 0 && inner > 0) {
         emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_segments, out, idx, (const int32_t*)sorted.data(),
                     (const int32_t*)base.data(), (const int32_t*)total.data(), src, part.data(), size, inner, nidx);
-        emu::launch(dim3(size, outer), dim3(threads), K<T>::add_finish, out, (const int32_t*)base.data(),
-                    (const int32_t*)total.data(), (const double*)part.data(), size, inner, segments);
+        emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_finish, out, idx, (const int32_t*)sorted.data(),
+                    (const int32_t*)base.data(), (const int32_t*)total.data(), (const double*)part.data(), size, inner,
+                    nidx);
     }
     return " (sorted)";
 }
@@ -252,5 +253,7 @@ int main() {
     // walking all 8000 ids in order.
     select<float>({1000, 8}, 0, 8000);
     add<float>({1000, 8}, 0, 8000);
+    // A vocabulary past one tile of sort_base (1024 threads × SCAN_KEYS keys): the scan's carry across tiles.
+    add<float>({40000, 2}, 0, 3000);
     return finish("index");
 }

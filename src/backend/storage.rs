@@ -421,6 +421,21 @@ impl Storage {
             }
         }
     }
+    /// index_add into zeros of `shape`, with `self` the source rows: what zeros then `index_add` give,
+    /// without filling a table only to copy it (index_select's backward).
+    pub fn index_add_to_zeros(&self, shape: &[usize], dim: usize, idx: &Storage) -> Result<Storage> {
+        const OP: &str = "index_add";
+        let numel = shape.iter().product();
+        match self {
+            Storage::Cpu(src) => {
+                let zeros = CpuStorage::full(src.dtype(), numel, 0.0);
+                Ok(Storage::Cpu(cpu::index_add(&zeros, shape, dim, i64s(OP, idx)?, src)?))
+            }
+            Storage::Cuda(src) => {
+                Ok(Storage::Cuda(cu::index_add_to_zeros(shape, dim, cu(OP, idx, src.device())?, src)?))
+            }
+        }
+    }
     pub fn gather(&self, shape: &[usize], dim: usize, idx: &Storage, idx_shape: &[usize]) -> Result<Storage> {
         const OP: &str = "gather";
         match self {

@@ -30,8 +30,10 @@ impl Tensor {
         let out = Tensor::from_storage(s, &shape);
         let full = self.dims().to_vec();
         Ok(record(out, OP, &[&x], move |g| {
-            let z = Tensor::zeros(&full, g.dtype(), g.device())?;
-            Ok(vec![Some(z.index_add(d as isize, &idx, g)?)])
+            // Zeros with g's rows added at idx; straight into fresh zeros, not zeros copied by index_add.
+            let g = g.contiguous()?;
+            let st = g.storage().index_add_to_zeros(&full, d, &idx.storage())?;
+            Ok(vec![Some(Tensor::from_storage(st, &full))])
         }))
     }
 

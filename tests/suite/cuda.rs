@@ -635,6 +635,17 @@ fn indexing_matches_cpu_with_grads() {
             &x.detach().index_add(1, &sel, &s2).unwrap(),
             tol(dt),
         );
+        // Past 256 indices onto a table that is not zeros: the sorted path from a copy of the table (the
+        // embedding backward above starts from zeros instead).
+        let ids: Vec<i64> = (0..3000).map(|i| ((i * 7919) % 61 % 50) as i64).collect();
+        let ids = Tensor::from_vec(ids, &[3000], Device::Cpu).unwrap();
+        let (tb, rows) = (randn(48, &[50, 24], dt), randn(49, &[3000, 24], dt));
+        close(
+            &format!("index_add 3000 ids onto a table {dt}"),
+            &on(&tb, d).index_add(0, &on(&ids, d), &on(&rows, d)).unwrap(),
+            &tb.index_add(0, &ids, &rows).unwrap(),
+            tol(dt),
+        );
     }
 }
 

@@ -50,21 +50,56 @@ pub(crate) fn index_add(
     idx_check("index_add", x, idx)?;
     same_device("index_add", x, src)?;
     same_dtype("index_add", x, src)?;
-    if is_half(x.dtype()) {
-        // The kernel rounds each destination after every add; an embedding row's gradient sums one term per
-        // occurrence of its token in the batch (thousands), and in 8 bits small terms stop registering once
-        // the sum is a few hundred times larger. So half types add in f32 and round once, as the CPU
-        // backend (f64) and PyTorch's embedding backward do.
-        let wide = index_add(&cast_flat(x, DType::F32)?, shape, dim, idx, &cast_flat(src, DType::F32)?)?;
-        return cast_flat(&wide, x.dtype());
+    let base = |dt: DType| if dt == x.dtype() { x.try_clone() } else { cast_flat(x, dt) };
+    index_add_onto(base, shape, dim, idx, src)
+}
+
+/// index_add into zeros of `shape` (index_select's and embedding's backward): the zeros are written once
+/// where zeros then index_add would have filled a table and copied it (GPT-2's 154 MB in f32, per step).
+pub(crate) fn index_add_to_zeros(
+    shape: &[usize],
+    dim: usize,
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    idx_check("index_add", src, idx)?;
+    let numel = shape.iter().product();
+    index_add_onto(|dt| full(src.dev(), dt, numel, 0.0), shape, dim, idx, src)
+}
+
+/// index_add onto `base(dtype)`, a fresh buffer of `shape` in the dtype the sums run in. The kernel rounds
+/// each destination after every add; an embedding row's gradient sums one term per occurrence of its
+/// token in the batch (thousands), and in 8 bits small terms stop registering once the sum is a few
+/// hundred times larger. So half types add in f32 and round once, as the CPU backend (f64) and PyTorch's
+/// embedding backward do.
+fn index_add_onto(
+    base: impl FnOnce(DType) -> Result<CudaStorage>,
+    shape: &[usize],
+    dim: usize,
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    if is_half(src.dtype()) {
+        let wide = index_add_into(base(DType::F32)?, shape, dim, idx, &cast_flat(src, DType::F32)?)?;
+        return cast_flat(&wide, src.dtype());
     }
+    index_add_into(base(src.dtype())?, shape, dim, idx, src)
+}
+
+/// Adds `src` into `out` (a buffer of `shape` this call owns) at rows `idx` along `dim`.
+fn index_add_into(
+    out: CudaStorage,
+    shape: &[usize],
+    dim: usize,
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
     let (outer, size, inner) = split(shape, dim);
     let n = idx.len();
     if n >= SORTED_MIN_INDICES && size < i32::MAX as usize && n < i32::MAX as usize && outer <= 65_535 {
-        return index_add_sorted(x, (outer, size, inner), idx, src);
+        return index_add_sorted(out, (outer, size, inner), idx, src);
     }
-    let out = x.clone();
-    launch!(x.dev(), kname("index_add", x.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
+    launch!(out.dev(), kname("index_add", out.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
         out.ptr(), idx.ptr(), src.ptr(), outer as i64, size as i64, inner as i64, idx.len() as i64)?;
     Ok(out)
 }
@@ -84,12 +119,12 @@ const INDEX_SEGMENT: usize = 64;
 /// partials in segment order (deterministic). A row's many sources (a frequent token's) are then spread
 /// over many blocks, not walked by one. The sort's buffers hold 32-bit integers in 4-byte storage.
 fn index_add_sorted(
-    x: &CudaStorage,
+    out: CudaStorage,
     (outer, size, inner): (usize, usize, usize),
     idx: &CudaStorage,
     src: &CudaStorage,
 ) -> Result<CudaStorage> {
-    let dev = x.dev();
+    let dev = out.dev();
     let (n, keys) = (idx.len(), size + 1);
     let chunks = n.div_ceil(SORT_CHUNK);
     let int32s = |len: usize| CudaStorage::alloc(dev, DType::F32, len);
@@ -102,18 +137,18 @@ fn index_add_sorted(
     launch!(dev, "sort_base", (1, 1, 1), (1024, 1, 1); total.ptr(), keys as i64, base.ptr())?;
     launch!(dev, "sort_place", grid_for(n, THREADS), (THREADS, 1, 1);
         idx.ptr(), n as i64, size as i64, SORT_CHUNK as i32, rank.ptr(), cnt.ptr(), base.ptr(), sorted.ptr())?;
-    let out = x.clone();
     if size > 0 && inner > 0 {
         let segments = n.div_ceil(INDEX_SEGMENT);
         // A head and a tail partial per segment and column; only those of rows spanning segments are
         // written, and only those are read.
         let part = CudaStorage::alloc(dev, DType::F64, outer * segments * 2 * inner)?;
         let threads = (inner.div_ceil(32) * 32).min(THREADS as usize) as u32;
-        launch!(dev, kname("index_add_segments", x.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
+        launch!(dev, kname("index_add_segments", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
             out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), part.ptr(), size as i64,
             inner as i64, n as i64)?;
-        launch!(dev, kname("index_add_segments_finish", x.dtype()), (size as u32, outer as u32, 1), (threads, 1, 1);
-            out.ptr(), base.ptr(), total.ptr(), part.ptr(), size as i64, inner as i64, segments as i64)?;
+        launch!(dev, kname("index_add_segments_finish", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
+            out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), part.ptr(), size as i64, inner as i64,
+            n as i64)?;
     }
     Ok(out)
 }
@@ -152,7 +187,7 @@ pub(crate) fn scatter_add(
     }
     let (xs, is) = (Strided::contiguous(shape)?, Strided::contiguous(idx_shape)?);
     let lines = idx.len().checked_div(idx_shape[dim]).unwrap_or(0);
-    let out = x.clone();
+    let out = x.try_clone()?;
     launch!(x.dev(), kname("scatter_add", x.dtype()), grid_for(lines, THREADS), (THREADS, 1, 1);
         out.ptr(), xs, idx.ptr(), is, dim as i32, src.ptr(), lines as i64)?;
     Ok(out)

@@ -36,7 +36,7 @@ pub(crate) use device::CudaDevice;
 
 pub(crate) use blas::matmul;
 pub(crate) use elementwise::{binary, cast, cast_into, compare, copy_into, unary, where_cond};
-pub(crate) use index::{gather, index_add, index_select, scatter_add};
+pub(crate) use index::{gather, index_add, index_add_to_zeros, index_select, scatter_add};
 pub(crate) use lists::{adam_update_many, cast_many, clip_scale, sgd_update_many, sum_squares, LIST_CASTS};
 pub(crate) use norm::{cross_entropy_backward, cross_entropy_forward, norm_backward, norm_forward};
 pub(crate) use optim::{adam_update, sgd_update};

@@ -36,16 +36,9 @@ impl std::fmt::Debug for CudaStorage {
 
 impl Clone for CudaStorage {
     /// A device-side copy (enqueued on the stream). Out of device memory here is a panic, as `Clone`
-    /// cannot fail; munja's own code never clones storage.
+    /// cannot fail; munja's own code calls `try_clone` instead.
     fn clone(&self) -> Self {
-        let out = CudaStorage::alloc(&self.buf.dev, self.dtype, self.len).expect("cloning a CUDA storage");
-        let bytes = self.len * self.dtype.size_in_bytes();
-        if bytes > 0 {
-            // SAFETY: both buffers hold at least `bytes` bytes on the same device; the copy is stream-ordered.
-            unsafe { result::memcpy_dtod_async(out.ptr(), self.ptr(), bytes, self.buf.dev.cu_stream()) }
-                .expect("copying a CUDA storage");
-        }
-        out
+        self.try_clone().expect("cloning a CUDA storage")
     }
 }
 
@@ -80,6 +73,18 @@ impl CudaStorage {
     }
     pub(crate) fn dev(&self) -> &Arc<CudaDevice> {
         &self.buf.dev
+    }
+
+    /// A device-side copy, enqueued on the stream; out of device memory is an `Err`.
+    pub(crate) fn try_clone(&self) -> Result<CudaStorage> {
+        let out = CudaStorage::alloc(&self.buf.dev, self.dtype, self.len)?;
+        let bytes = self.len * self.dtype.size_in_bytes();
+        if bytes > 0 {
+            // SAFETY: both buffers hold at least `bytes` bytes on the same device; the copy is stream-ordered.
+            unsafe { result::memcpy_dtod_async(out.ptr(), self.ptr(), bytes, self.buf.dev.cu_stream()) }
+                .map_err(|e| self.buf.dev.err("copy", e))?;
+        }
+        Ok(out)
     }
 
     /// Copies host elements to device `ordinal`.
