@@ -185,6 +185,7 @@ __device__ __forceinline__ void block_sum_pairs_of_warps_alternating(double2 (&v
     }
 }
 
+// One pair: a row's two sums.
 __device__ __forceinline__ void block_sum2_of_warps_alternating(double& a, double& b, double2* shared, int parity) {
     double2 v[1] = {make_double2(a, b)};
     block_sum_pairs_of_warps_alternating<1>(v, shared, parity);
