@@ -66,7 +66,10 @@ __device__ __forceinline__ void load_param_pack(const T* p, int64_t pk, A fill, 
 // 54. Both statistics come from one block reduction of the sums of d = x − c and d², shifted by
 // the row's first value c (0 for RMS) so that E[d²] − E[d]² does not cancel catastrophically: the
 // variance is E[d²] − E[d]², the mean c + E[d].
-template <typename T>
+//
+// PAIRS: two rows per block reduction (RowRing::walk_pairs), as the fused backward's; the same bits as a
+// row at a time.
+template <typename T, bool PAIRS>
 __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename Acc<T>::type* mean,
                               typename Acc<T>::type* rstd, int64_t rows, int64_t n, double eps, int rms, int stages) {
     typedef typename Acc<T>::type A;
@@ -76,19 +79,22 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
     // eats into f64's digits); 16-bit rows (8 or 11 bits of mantissa) sum their at most ROW_VALS values in
     // f32 and reduce across threads in f64, sparing a conversion per value.
     typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
-    __shared__ double2 sh[64];  // two halves, alternating by row (block_sum2_of_warps_alternating)
+    const int NR = PAIRS ? 2 : 1;  // rows per reduction
+    __shared__ double2 sh[64 * NR];  // two halves, alternating by reduction (block_sum2_of_warps_alternating)
     int parity = 0;
     DYNAMIC_SHARED(P, shared);
     const T* const src[1] = {x};
     RowRing<T, 1> ring(shared, src, n, stages);
     const int64_t np = ring.np;
-    T c_next = blockIdx.x < rows ? x[blockIdx.x * n] : T();
+    const int64_t step = (int64_t)gridDim.x;
+    // Each row's shift c (its first value), loaded a step (a row, or a pair) ahead.
+    T c_next[NR];
+#pragma unroll
+    for (int i = 0; i < NR; ++i) c_next[i] = blockIdx.x + i * step < rows ? x[(blockIdx.x + i * step) * n] : T();
     // Row means as products: an f64 division is a call of some twenty instructions, twice a row.
     const double inv_n = 1.0 / (double)n;
-    ring.template walk<KP>(rows, [&](int64_t row, int slot) {
-        // The shift for this row was loaded a row ahead.
-        A c = rms ? (A)0 : to_acc<A>(c_next);
-        if (row + gridDim.x < rows) c_next = x[(row + gridDim.x) * n];
+    // This thread's sums of d = x − c and d² over a row, summed over the warp.
+    auto sums = [&](int64_t row, int slot, A c) -> double2 {
         S ts = 0, tq = 0;
 #pragma unroll
         for (int k = 0; k < KP; ++k) {
@@ -102,10 +108,12 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             }
         }
         double bs = ts, bq = tq;
-        bs = warp_sum(bs), bq = warp_sum(bq);
-        block_sum2_of_warps_alternating(bs, bq, sh, parity++);
+        return make_double2(warp_sum(bs), warp_sum(bq));
+    };
+    // The row's statistics from its block-wide sums, and its output.
+    auto write = [&](int64_t row, int slot, A c, double2 s) {
         // RMS: c = 0 and no centring, so the variance is E[x²] itself.
-        double md = rms ? 0.0 : bs * inv_n, var = bq * inv_n - md * md;
+        double md = rms ? 0.0 : s.x * inv_n, var = s.y * inv_n - md * md;
         double mu = rms ? 0.0 : (double)c + md;
         double rs = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
         if (threadIdx.x == 0) {
@@ -127,7 +135,29 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
             for (int e = 0; e < P::N; ++e) out.v[e] = from_acc<T>((v[e] - m) * qs * wv[e] + bv[e]);
             reinterpret_cast<P*>(y)[row * np + pk] = out;
         }
-    });
+    };
+    if constexpr (PAIRS) {
+        ring.template walk_pairs<KP>(rows, [&](int64_t row, int slot, int slot2, bool second) {
+            const A c0 = rms ? (A)0 : to_acc<A>(c_next[0]), c1 = rms ? (A)0 : to_acc<A>(c_next[NR - 1]);
+#pragma unroll
+            for (int i = 0; i < NR; ++i)
+                if (row + (2 + i) * step < rows) c_next[i] = x[(row + (2 + i) * step) * n];
+            double2 s[NR];
+            s[0] = sums(row, slot, c0);
+            s[NR - 1] = second ? sums(row + step, slot2, c1) : make_double2(0.0, 0.0);
+            block_sum_pairs_of_warps_alternating<NR>(s, sh, parity++);
+            write(row, slot, c0, s[0]);
+            if (second) write(row + step, slot2, c1, s[NR - 1]);
+        });
+    } else {
+        ring.template walk<KP>(rows, [&](int64_t row, int slot) {
+            const A c = rms ? (A)0 : to_acc<A>(c_next[0]);
+            if (row + step < rows) c_next[0] = x[(row + step) * n];
+            double2 s[1] = {sums(row, slot, c)};
+            block_sum_pairs_of_warps_alternating<1>(s, sh, parity++);
+            write(row, slot, c, s[0]);
+        });
+    }
 }
 
 // Register-cached input gradient: x and g are read once each; Σd and Σd·h in one block reduction.
@@ -422,7 +452,7 @@ __device__ void norm_bwd_wb_finish(const Part* pw, const Part* pb, int slices, i
     extern "C" __global__ void norm_forward_rows_##S(const T* x, const T* w, const T* b, T* y, Acc<T>::type* mean, \
                                                      Acc<T>::type* rstd, int64_t rows, int64_t n, double eps, int rms, \
                                                      int stages) { \
-        norm_fwd_rows<T>(x, w, b, y, mean, rstd, rows, n, eps, rms, stages); } \
+        norm_fwd_rows<T, false>(x, w, b, y, mean, rstd, rows, n, eps, rms, stages); } \
     extern "C" __global__ void norm_backward_x_rows_##S(const T* x, const T* w, const Acc<T>::type* mean, \
                                                         const Acc<T>::type* rstd, const T* g, T* dx, int64_t n, int rms) { \
         norm_bwd_x_rows<T>(x, w, mean, rstd, g, dx, n, rms); } \
@@ -462,9 +492,14 @@ FOR_FLOATS(NORM)
     extern "C" __global__ void __launch_bounds__(32 * FINISH_ROWS) norm_backward_fused_finish_##S(const float* pw, const float* pb, int slices, int64_t n, T* gw, T* gb) { \
         norm_bwd_wb_finish<T, float>(pw, pb, slices, n, gw, gb); }
 NORM_FUSED(f32, float, FUSED_BOUNDS) NORM_FUSED(bf16, bf16, SHORT_FUSED_BOUNDS) NORM_FUSED(f16, f16, SHORT_FUSED_BOUNDS)
-#define NORM_FUSED_PAIRS(S, T) \
+// The pair walks of the forward and the fused backward, for 16-bit rows (MUNJA_NORM_PAIRS=1 on the host).
+#define NORM_PAIRS(S, T) \
+    extern "C" __global__ void norm_forward_pairs_rows_##S(const T* x, const T* w, const T* b, T* y, Acc<T>::type* mean, \
+                                                           Acc<T>::type* rstd, int64_t rows, int64_t n, double eps, \
+                                                           int rms, int stages) { \
+        norm_fwd_rows<T, true>(x, w, b, y, mean, rstd, rows, n, eps, rms, stages); } \
     extern "C" __global__ void SHORT_FUSED_BOUNDS norm_backward_fused_pairs_rows_##S( \
         const T* x, const T* w, const Acc<T>::type* mean, const Acc<T>::type* rstd, const T* g, T* dx, int64_t rows, \
         int64_t n, int rms, float* pw, float* pb, int stages) { \
         norm_bwd_fused_rows<T, true>(x, w, mean, rstd, g, dx, rows, n, rms, pw, pb, stages); }
-NORM_FUSED_PAIRS(bf16, bf16) NORM_FUSED_PAIRS(f16, f16)
+NORM_PAIRS(bf16, bf16) NORM_PAIRS(f16, f16)

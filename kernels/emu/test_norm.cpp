@@ -9,7 +9,7 @@ using namespace chk;
 template <typename T> struct K;
 #define KN(S, T) \
     template <> struct K<T> { \
-        static constexpr auto fwd_rows = norm_forward_rows_##S, fwd = norm_forward_##S; \
+        static constexpr auto fwd_rows = norm_forward_rows_##S, fwd = norm_forward_##S, fwd_pairs = FWD_PAIRS_##S; \
         static constexpr auto bwd_rows = norm_backward_x_rows_##S, bwd = norm_backward_x_##S; \
         static constexpr auto partial = norm_backward_wb_partial_##S, finish = norm_backward_wb_finish_##S; \
         static constexpr auto fused = FUSED_##S, fused_finish = FUSED_FINISH_##S, fused_pairs = FUSED_PAIRS_##S; };
@@ -18,6 +18,10 @@ template <typename T> struct K;
 #define FUSED_f16 norm_backward_fused_rows_f16
 #define FUSED_f64 (void (*)(const double*, const double*, const double*, const double*, const double*, double*, \
                             int64_t, int64_t, int, float*, float*, int))nullptr
+#define FWD_PAIRS_bf16 norm_forward_pairs_rows_bf16
+#define FWD_PAIRS_f16 norm_forward_pairs_rows_f16
+#define FWD_PAIRS_f32 nullptr
+#define FWD_PAIRS_f64 nullptr
 #define FUSED_PAIRS_bf16 norm_backward_fused_pairs_rows_bf16
 #define FUSED_PAIRS_f16 norm_backward_fused_pairs_rows_f16
 #define FUSED_PAIRS_f32 nullptr
@@ -43,6 +47,13 @@ inline int ring_stages(size_t n, size_t elem, unsigned threads, size_t arrays, s
     size_t stages = std::min<size_t>(RING_STAGES, limit / stage);
     *bytes = stages * stage;
     return (int)stages;
+}
+
+// The first `len` values of a buffer, for bit-for-bit comparisons (tolerance 0).
+template <typename B> std::vector<double> as_doubles(const B& buf, size_t len) {
+    std::vector<double> v(len);
+    for (size_t i = 0; i < len; ++i) v[i] = buf.d(i);
+    return v;
 }
 
 // One forward + backward case. shift > 0 offsets x (and g) from 16-byte alignment, as a view would,
@@ -99,6 +110,25 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
     compare(base + " y", y.ptr(), ry, tol<T>());
     compare(base + " mean", mean.ptr(), rmu, tol<A>());
     compare(base + " rstd", rstd.ptr(), rrs, tol<A>() * 10);
+    if constexpr (sizeof(T) == 2) {
+        if (t) {
+            // The pair walk: each row's statistics and output do not depend on the block that computes
+            // them, so the same bits as a row at a time on any grid; a ring one stage deeper (at least 2).
+            const int ps = std::max(2, std::min(RING_STAGES, stages + 1));
+            size_t packs = n / (16 / sizeof(T)), stage = (packs + t - 1) / t * t * 16;
+            Buf<T> y2(rows * n);
+            Buf<A> mean2(rows), rstd2(rows);
+            emu::launch_shared(dim3(std::min<size_t>(rows, resident)), dim3(t), stage * ps, K<T>::fwd_pairs, x.ptr(), wp,
+                               bp, y2.ptr(), mean2.ptr(), rstd2.ptr(), rows, n, eps, (int)rms, ps);
+            char pn[200];
+            snprintf(pn, sizeof pn, "norm_forward_pairs_rows(stages=%d)_%s n=%ld rows=%ld %s w=%d b=%d", ps, tname<T>(),
+                     (long)n, (long)rows, rms ? "rms" : "ln", has_w, has_b);
+            std::string pb = pn;
+            compare(pb + " y = one row at a time", y2.ptr(), as_doubles(y, rows * n), 0.0);
+            compare(pb + " mean = one row at a time", mean2.ptr(), as_doubles(mean, rows), 0.0);
+            compare(pb + " rstd = one row at a time", rstd2.ptr(), as_doubles(rstd, rows), 0.0);
+        }
+    }
 
     // Backward, as norm_backward (stats from the forward above, as autograd passes them).
     for (int64_t r = 0; r < rows; ++r) {
@@ -143,14 +173,9 @@ void run(int64_t n, int64_t rows, bool rms, bool has_w, bool has_b, size_t shift
             char pn[200];
             snprintf(pn, sizeof pn, "norm_backward_fused_pairs_rows(stages=%d)_%s n=%ld rows=%ld %s w=%d b=%d", ps,
                      tname<T>(), (long)n, (long)rows, rms ? "rms" : "ln", has_w, has_b);
-            auto as_d = [](auto& buf, size_t len) {
-                std::vector<double> v(len);
-                for (size_t i = 0; i < len; ++i) v[i] = buf.d(i);
-                return v;
-            };
-            compare(std::string(pn) + " gx = one row at a time", gx2.ptr(), as_d(gx, rows * n), 0.0);
-            compare(std::string(pn) + " pw = one row at a time", pw2.ptr(), as_d(pw, blocks * n), 0.0);
-            compare(std::string(pn) + " pb = one row at a time", pb2.ptr(), as_d(pb, blocks * n), 0.0);
+            compare(std::string(pn) + " gx = one row at a time", gx2.ptr(), as_doubles(gx, rows * n), 0.0);
+            compare(std::string(pn) + " pw = one row at a time", pw2.ptr(), as_doubles(pw, blocks * n), 0.0);
+            compare(std::string(pn) + " pb = one row at a time", pb2.ptr(), as_doubles(pb, blocks * n), 0.0);
         }
     } else {
         if (ct) {

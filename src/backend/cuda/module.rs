@@ -64,7 +64,7 @@ pub fn kernel_names() -> Vec<String> {
     );
     per(&mut v, &["adam_update", "adam_update_list", "sgd_update", "sgd_update_list"], &["f32", "f64"]);
     per(&mut v, &["norm_backward_fused_rows", "norm_backward_fused_finish"], &["f32", "bf16", "f16"]);
-    per(&mut v, &["norm_backward_fused_pairs_rows"], &["bf16", "f16"]);
+    per(&mut v, &["norm_forward_pairs_rows", "norm_backward_fused_pairs_rows"], &["bf16", "f16"]);
     for s in ALL {
         for d in ALL {
             v.push(format!("cast_{s}_{d}"));

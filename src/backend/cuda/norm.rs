@@ -15,10 +15,11 @@ const FUSED_THREADS: usize = 512;
 /// bias gradients, so fewer, longer-lived blocks keep that extra traffic small next to x and g.
 const FUSED_MIN_ROWS_PER_BLOCK: usize = 16;
 
-/// `MUNJA_NORM_PAIRS=1` (read once): the fused backward of 16-bit rows reduces two rows at a time
-/// (`norm_backward_fused_pairs_rows`: one barrier for two rows). Off by default until a GPU has measured
-/// it against a row at a time (scripts/gpu-suite.sh prints both); for the same grid both give the same bits.
-fn fused_pairs() -> bool {
+/// `MUNJA_NORM_PAIRS=1` (read once): the ring kernels of 16-bit rows, forward and fused backward, reduce
+/// two rows at a time (`norm_*_pairs_rows`: one barrier for two rows). Off by default until a GPU has
+/// measured them against a row at a time (scripts/gpu-suite.sh prints both); for the same grid both give
+/// the same bits.
+fn norm_pairs() -> bool {
     static PAIRS: OnceLock<bool> = OnceLock::new();
     *PAIRS.get_or_init(|| std::env::var("MUNJA_NORM_PAIRS").is_ok_and(|v| v.trim() == "1"))
 }
@@ -86,8 +87,13 @@ pub(crate) fn norm_forward(
     }
     if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
-        let name = kname("norm_forward_rows", x.dtype());
-        if let Some(plan) = ring_plan(dev, RingKernel::rows(name, t, 1, Direct::Allowed), n, x.dtype())? {
+        let (name, walk) = if x.dtype().size_in_bytes() == 2 && norm_pairs() {
+            (kname("norm_forward_pairs_rows", x.dtype()), Walk::Pairs)
+        } else {
+            (kname("norm_forward_rows", x.dtype()), Walk::Rows)
+        };
+        let kernel = RingKernel { name, threads: t, arrays: 1, direct: Direct::Allowed, walk };
+        if let Some(plan) = ring_plan(dev, kernel, n, x.dtype())? {
             let blocks = plan.blocks(rows);
             return launch_shared!(dev, name, (blocks as u32, 1, 1), (t, 1, 1), plan.shared as u32;
                 x.ptr(), wp, bp, y.ptr(), mean.ptr(), rstd.ptr(), rows as i64, n as i64, eps, rms as i32, plan.stages)
@@ -127,7 +133,7 @@ pub(crate) fn norm_backward(
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     let fused = fused_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]);
-    let (name, walk) = if x.dtype().size_in_bytes() == 2 && fused_pairs() {
+    let (name, walk) = if x.dtype().size_in_bytes() == 2 && norm_pairs() {
         (kname("norm_backward_fused_pairs_rows", x.dtype()), Walk::Pairs)
     } else {
         (kname("norm_backward_fused_rows", x.dtype()), Walk::Rows)

@@ -166,8 +166,8 @@ fn planned_stages(overridden: Option<usize>, direct: Direct, stage: usize) -> us
 }
 
 /// The stages of a `walk` from those planned for a row at a time: a pair walk keeps as many rows in
-/// flight ahead of the rows it computes with one more stage, and needs at least 2 (the direct mode
-/// compiled out of it, 0 cannot occur: `planned_stages` gives such kernels 1 for it).
+/// flight ahead of the rows it computes with one more stage, and needs at least 2. It has no direct mode:
+/// asked for one (`MUNJA_RING_STAGES=0`), it gets 2 stages, neither row fetched ahead.
 fn walk_stages(planned: usize, walk: Walk) -> usize {
     match walk {
         Walk::Rows => planned,
@@ -195,8 +195,9 @@ mod tests {
     fn pair_walks_keep_as_many_rows_in_flight() {
         assert_eq!(walk_stages(3, Walk::Rows), 3);
         assert_eq!(walk_stages(3, Walk::Pairs), 4);
-        // MUNJA_RING_STAGES=1 (or 0, given 1 by planned_stages): no row ahead, but both rows of a pair.
+        // MUNJA_RING_STAGES=0 or 1: no row ahead, but both rows of a pair.
         assert_eq!(walk_stages(planned_stages(Some(0), Direct::Never, 16 * 1024), Walk::Pairs), 2);
+        assert_eq!(walk_stages(planned_stages(Some(0), Direct::Allowed, 16 * 1024), Walk::Pairs), 2);
         assert_eq!(walk_stages(1, Walk::Pairs), 2);
     }
 
