@@ -24,6 +24,16 @@ fn norm_pairs() -> bool {
     *PAIRS.get_or_init(|| std::env::var("MUNJA_NORM_PAIRS").is_ok_and(|v| v.trim() == "1"))
 }
 
+/// The ring kernel `rows` (a row at a time) for `dtype`, or its pair walk `pairs` where `norm_pairs` asks
+/// for it and the rows are 16-bit.
+fn row_walk(rows: &'static str, pairs: &'static str, dtype: DType) -> (&'static str, Walk) {
+    if dtype.size_in_bytes() == 2 && norm_pairs() {
+        (kname(pairs, dtype), Walk::Pairs)
+    } else {
+        (kname(rows, dtype), Walk::Rows)
+    }
+}
+
 /// Threads per block of the fused norm backward, when it applies: rows of whole 16-byte packs, every
 /// pointer 16-byte aligned, at most FUSED_VALS values per thread (rows up to 8192).
 fn fused_threads(n: usize, dtype: DType, ptrs: &[u64]) -> Option<u32> {
@@ -87,11 +97,7 @@ pub(crate) fn norm_forward(
     }
     if let Some(t) = cached_row_threads(n, x.dtype(), &[x.ptr(), y.ptr(), wp, bp]) {
         // Resident blocks walking the rows, each with a ring of rows in flight.
-        let (name, walk) = if x.dtype().size_in_bytes() == 2 && norm_pairs() {
-            (kname("norm_forward_pairs_rows", x.dtype()), Walk::Pairs)
-        } else {
-            (kname("norm_forward_rows", x.dtype()), Walk::Rows)
-        };
+        let (name, walk) = row_walk("norm_forward_rows", "norm_forward_pairs_rows", x.dtype());
         let kernel = RingKernel { name, threads: t, arrays: 1, direct: Direct::Allowed, walk };
         if let Some(plan) = ring_plan(dev, kernel, n, x.dtype())? {
             let blocks = plan.blocks(rows);
@@ -133,11 +139,7 @@ pub(crate) fn norm_backward(
     let rows = x.len().checked_div(n).unwrap_or(0);
     let gx = CudaStorage::alloc(dev, x.dtype(), x.len())?;
     let fused = fused_threads(n, x.dtype(), &[x.ptr(), g.ptr(), gx.ptr(), wp]);
-    let (name, walk) = if x.dtype().size_in_bytes() == 2 && norm_pairs() {
-        (kname("norm_backward_fused_pairs_rows", x.dtype()), Walk::Pairs)
-    } else {
-        (kname("norm_backward_fused_rows", x.dtype()), Walk::Rows)
-    };
+    let (name, walk) = row_walk("norm_backward_fused_rows", "norm_backward_fused_pairs_rows", x.dtype());
     let ring = match fused {
         Some(t) if rows > 0 && (w.is_some() || has_bias) => {
             let kernel = RingKernel { name, threads: t, arrays: 2, direct: Direct::Never, walk };
