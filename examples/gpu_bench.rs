@@ -277,10 +277,9 @@ fn main() -> Result<()> {
 
     // ---- embedding backward (the table's gradient: a batch's rows added into zeros), token ids as text
     // has them: one id takes a large share (the space of a character vocabulary ~15% of the tokens).
-    // Autograd's backward minus the forward, as layer_norm's. Reads the rows' gradients, writes the
-    // table's: 25 MB for the character vocabulary, 205 MB for GPT-2's. A sort and a scatter
-    // (kernels/index.cu), not one streaming pass: reported for the GPT steps, beside the copy ceiling for
-    // scale. ----
+    // Autograd's backward minus the forward, as layer_norm's. Reads the rows' gradients and writes the
+    // table's once: 25 MB for the character vocabulary, 205 MB for GPT-2's. Beside that streaming, a sort
+    // of the ids (kernels/index.cu), whose few small launches weigh most on the small table. ----
     for (vocab, width, hot) in [(65usize, 384usize, 0.15f64), (50_257, 768, 0.04)] {
         let n = 16_384usize;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;

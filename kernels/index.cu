@@ -2,7 +2,8 @@
 // scatter_add. Indices live on the device, so an out-of-range one cannot be turned into an Err without a
 // host sync; the kernels never read or write out of bounds: a bad index reads 0 and adds nothing.
 // index_add and scatter_add are deterministic: each thread owns a set of destinations no other thread
-// touches and adds its sources in index order (no atomics).
+// touches and adds its sources in index order (no float atomics; the sort's integer counts use atomics,
+// whose sums do not depend on their order).
 #include "common.cuh"
 
 // out[o, k, j] = x[o, idx[k], j]; one thread per output element.
@@ -37,9 +38,10 @@ __device__ void index_add_k(T* out, const int64_t* idx, const T* src, int64_t ou
 // a stable counting sort (so each row's sources stay in index order: deterministic), then blocks of
 // INDEX_SEGMENT sorted positions sum each row's sources column by column in f64, and each row gets its
 // sum added once (as the CPU backend), a row that spans segments through index_add_segments_finish.
-// The sort, with keys idx[k] (or `size` for an out-of-range index, a bucket nothing reads):
-//   sort_rank:  chunks of blockDim.x positions; each position's rank among equal keys before it in its
-//               chunk; the last of each key in a chunk writes the chunk's count cnt[c][key];
+// The sort, with keys idx[k] (or `size` for an out-of-range index, a bucket nothing reads), over chunks
+// of blockDim.x positions:
+//   sort_rank:  rank[k], the number of positions of k's chunk before k with its key, and cnt[c][key], the
+//               key's count in chunk c (both zeroed by the host);
 //   sort_count: per key, the counts' prefix over chunks (in place) and the key's total;
 //   sort_base:  one block: base[key] = exclusive prefix sum of the totals;
 //   sort_place: sorted[base[key] + cnt[c][key] + rank[k]] = k.
@@ -49,23 +51,31 @@ __device__ __forceinline__ int32_t sort_key(const int64_t* idx, int64_t k, int64
     return (i >= 0 && i < size) ? (int32_t)i : (int32_t)size;
 }
 
+// Positions of a chunk one block of sort_rank compares against. Ranking a chunk is a comparison of each
+// position with every one before it; one block per 1024-position chunk left GPT-2's 16 chunks on 16 of an
+// H200's 132 SMs, each thread walking up to 1023 keys (about 8 instructions a key: ~30 µs, as long as
+// writing the whole 154 MB table gradient). Slices of the chunk spread that over chunk / SORT_SLICE blocks.
+#define SORT_SLICE 64
+
+// Grid (chunks, chunk / SORT_SLICE), block (chunk): block (c, s) adds to rank[k], for each position k of
+// chunk c, how many positions of slice s before k have k's key, and counts slice s's keys into cnt[c][..].
+// The sums are of integers, so atomics give the same result in any order: the sort stays deterministic.
 extern "C" __global__ void ROW_BOUNDS sort_rank(const int64_t* idx, int64_t n, int64_t size, int32_t* rank, int32_t* cnt) {
-    __shared__ int32_t keys[1024];
-    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int m = (int)min((int64_t)blockDim.x, n - (int64_t)blockIdx.x * blockDim.x);
-    if ((int)threadIdx.x < m) keys[threadIdx.x] = sort_key(idx, k, size);
+    __shared__ int32_t keys[SORT_SLICE];
+    const int64_t c0 = (int64_t)blockIdx.x * blockDim.x;  // the chunk's first position
+    const int m = (int)min((int64_t)blockDim.x, n - c0), s0 = blockIdx.y * SORT_SLICE, t = threadIdx.x;
+    const int sm = min(SORT_SLICE, m - s0);  // the slice's positions (none past the end of a last chunk)
+    if (t < sm) keys[t] = sort_key(idx, c0 + s0 + t, size);
     __syncthreads();
-    if ((int)threadIdx.x >= m) return;
-    int32_t key = keys[threadIdx.x];
+    // Positions before the slice have nothing of it before them.
+    if (t >= m || t < s0) return;
+    const bool in_slice = t < s0 + sm;
+    const int32_t key = in_slice ? keys[t - s0] : sort_key(idx, c0 + t, size);
+    if (in_slice) atomicAdd(&cnt[(int64_t)blockIdx.x * (size + 1) + key], 1);
+    const int upto = min(sm, t - s0);
     int before = 0;
-    bool last = true;
-    for (int q = 0; q < m; ++q) {
-        if (keys[q] != key) continue;
-        if (q < (int)threadIdx.x) ++before;
-        else if (q > (int)threadIdx.x) last = false;
-    }
-    rank[k] = before;
-    if (last) cnt[(int64_t)blockIdx.x * (size + 1) + key] = before + 1;
+    for (int u = 0; u < upto; ++u) before += keys[u] == key;
+    if (before) atomicAdd(&rank[c0 + t], before);
 }
 
 extern "C" __global__ void sort_count(int32_t* cnt, int chunks, int64_t size, int32_t* total) {
@@ -142,6 +152,35 @@ extern "C" __global__ void sort_place(const int64_t* idx, int64_t n, int64_t siz
     }
 }
 
+// out[d] gets a destination's whole f64 sum, rounded once: stored (fresh) or added to what is there.
+template <typename T> __device__ __forceinline__ void store_sum(T* out, int64_t d, double sum, int fresh) {
+    out[d] = from_acc<T, double>(fresh ? sum : to_acc<double>(out[d]) + sum);
+}
+
+// Rows of out [outer, size, inner] that no index names (total[row] == 0) set to 0: with
+// index_add_segments(fresh) storing every other row once, an index_add into zeros writes the table once
+// (GPT-2's 154 MB in f32), where filling it and then adding into it wrote it once and read and wrote again
+// every row the batch names. A warp per row (rows found by a grid-stride loop; an element-wise loop would
+// divide by the row length per element), in 16-byte stores when rows are whole packs.
+template <typename T>
+__device__ void index_zero_untouched_k(T* out, const int32_t* total, int64_t outer, int64_t size, int64_t inner) {
+    typedef Pack<T> P;
+    const bool packed = aligned16(out) && inner % P::N == 0;
+    P zero;
+#pragma unroll
+    for (int e = 0; e < P::N; ++e) zero.v[e] = from_acc<T, double>(0.0);
+    const int lane = threadIdx.x & 31;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < outer * size; r += warps) {
+        if (total[r % size] != 0) continue;
+        T* row = out + r * inner;
+        if (packed)
+            for (int64_t j = lane; j < inner / P::N; j += 32) reinterpret_cast<P*>(row)[j] = zero;
+        else
+            for (int64_t j = lane; j < inner; j += 32) row[j] = zero.v[0];
+    }
+}
+
 // Sources a thread loads before adding any: a run's sources are a chain of dependent adds, and one load
 // at a time left a thread waiting a memory latency per source.
 #define SORTED_BATCH 8
@@ -155,12 +194,15 @@ extern "C" __global__ void sort_place(const int64_t* idx, int64_t n, int64_t siz
 // positions of one destination row), in f64 in index order. A run wholly inside the segment is added to
 // its row at once; the segment's first run, if its row began in an earlier segment, goes to
 // part[.., 0, ..] (head), and its last run, if its row goes on into a later segment, to part[.., 1, ..]
-// (tail), for index_add_segments_finish. Out-of-range indices (key `size`) add nothing.
+// (tail), for index_add_segments_finish. Out-of-range indices (key `size`) add nothing. `fresh`: out
+// holds nothing yet (an index_add into zeros), so a row's sum is stored, not added to what is there; the
+// rows no index names are zeroed by index_zero_untouched, and the table is written once, not zeroed and
+// then read and written again where indices land.
 // Grid (segments, outer); threads walk the columns.
 template <typename T>
 __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base,
                                      const int32_t* total, const T* src, double* part, int64_t size, int64_t inner,
-                                     int64_t nidx) {
+                                     int64_t nidx, int fresh) {
     __shared__ int32_t pos[INDEX_SEGMENT], key[INDEX_SEGMENT];
     const int64_t seg = blockIdx.x, o = blockIdx.y, first = seg * INDEX_SEGMENT;
     const int m = (int)min((int64_t)INDEX_SEGMENT, nidx - first);
@@ -195,8 +237,7 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
                     if (lo == 0 && starts_before) head[j] = acc;
                     else if (q + 1 == m && goes_on) tail[j] = acc;
                     else {
-                        int64_t d = (o * size + v) * inner + j;
-                        out[d] = from_acc<T, double>(to_acc<double>(out[d]) + acc);
+                        store_sum(out, (o * size + v) * inner + j, acc, fresh);
                     }
                 }
                 acc = 0, lo = q + 1;
@@ -213,7 +254,7 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
 template <typename T>
 __device__ void index_add_segments_finish_k(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base,
                                             const int32_t* total, const double* part, int64_t size, int64_t inner,
-                                            int64_t nidx) {
+                                            int64_t nidx, int fresh) {
     const int64_t s = blockIdx.x, o = blockIdx.y, segments = gridDim.x;
     const int64_t last = min((s + 1) * INDEX_SEGMENT, nidx) - 1;
     const int64_t v = sort_key(idx, sorted[last], size);
@@ -232,8 +273,7 @@ __device__ void index_add_segments_finish_k(T* out, const int64_t* idx, const in
             for (int u = 0; u < SORTED_BATCH; ++u) acc += b[u];
         }
         for (; q <= s1; ++q) acc += at[q * 2 * inner + j];
-        int64_t d = (o * size + v) * inner + j;
-        out[d] = from_acc<T, double>(to_acc<double>(out[d]) + acc);
+        store_sum(out, (o * size + v) * inner + j, acc, fresh);
     }
 }
 
@@ -283,12 +323,14 @@ __device__ void scatter_add_k(T* out, Strided xs, const int64_t* idx, Strided is
         index_add_k<T>(out, idx, src, outer, size, inner, nidx); } \
     extern "C" __global__ void index_add_segments_##S(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base, \
                                                       const int32_t* total, const T* src, double* part, int64_t size, \
-                                                      int64_t inner, int64_t nidx) { \
-        index_add_segments_k<T>(out, idx, sorted, base, total, src, part, size, inner, nidx); } \
+                                                      int64_t inner, int64_t nidx, int fresh) { \
+        index_add_segments_k<T>(out, idx, sorted, base, total, src, part, size, inner, nidx, fresh); } \
     extern "C" __global__ void index_add_segments_finish_##S(T* out, const int64_t* idx, const int32_t* sorted, \
                                                              const int32_t* base, const int32_t* total, const double* part, \
-                                                             int64_t size, int64_t inner, int64_t nidx) { \
-        index_add_segments_finish_k<T>(out, idx, sorted, base, total, part, size, inner, nidx); } \
+                                                             int64_t size, int64_t inner, int64_t nidx, int fresh) { \
+        index_add_segments_finish_k<T>(out, idx, sorted, base, total, part, size, inner, nidx, fresh); } \
+    extern "C" __global__ void index_zero_untouched_##S(T* out, const int32_t* total, int64_t outer, int64_t size, int64_t inner) { \
+        index_zero_untouched_k<T>(out, total, outer, size, inner); } \
     extern "C" __global__ void gather_##S(const T* x, Strided xs, const int64_t* idx, Strided is, int dim, T* out, int64_t n) { \
         gather_k<T>(x, xs, idx, is, dim, out, n); } \
     extern "C" __global__ void scatter_add_##S(T* out, Strided xs, const int64_t* idx, Strided is, int dim, const T* src, int64_t lines) { \

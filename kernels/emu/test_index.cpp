@@ -12,7 +12,7 @@ template <typename T> struct K;
 #define KI(S, T) \
     template <> struct K<T> { \
         static constexpr auto select = index_select_##S, add = index_add_##S, add_segments = index_add_segments_##S, \
-            add_finish = index_add_segments_finish_##S, \
+            add_finish = index_add_segments_finish_##S, zero_untouched = index_zero_untouched_##S, \
             gather = gather_##S, scatter = scatter_add_##S; };
 KI(f32, float) KI(f64, double) KI(bf16, bf16) KI(f16, f16) KI(i64, int64_t) KI(u8, uint8_t)
 
@@ -89,18 +89,16 @@ template <typename T> void select(Shape shape, int dim, size_t nidx) {
     compare(name, out.ptr(), ref, 0);
 }
 
-// index_add() on the host: from 256 indices on, the stable counting sort, then blocks of INDEX_SEGMENT
-// sorted positions and the rows spanning segments finished (index_add_segments, _finish); else a thread
-// per column walking the indices (index_add).
+// index_add_sorted() on the host: the stable counting sort (checked against std::stable_sort), then blocks
+// of INDEX_SEGMENT sorted positions and the rows spanning segments finished (index_add_segments, _finish),
+// adding onto `out` or, `fresh`, storing into it with the rows no index names zeroed (index_zero_untouched).
 template <typename T>
-const char* launch_add(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx) {
-    if (nidx < 256) {
-        emu::launch(dim3(grid_for(outer * inner, THREADS)), dim3(THREADS), K<T>::add, out, idx, src, outer, size, inner, nidx);
-        return "";
-    }
-    const int64_t chunk = 1024, chunks = (nidx + chunk - 1) / chunk, keys = size + 1;
-    std::vector<int32_t> cnt(chunks * keys, 0), rank(nidx, -1), total(keys, -1), base(keys, -1), sorted(nidx, -1);
-    emu::launch(dim3(chunks), dim3(chunk), sort_rank, idx, nidx, size, rank.data(), cnt.data());
+void launch_sorted(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx,
+                   bool fresh) {
+    const int64_t chunk = 1024, slice = SORT_SLICE, chunks = (nidx + chunk - 1) / chunk, keys = size + 1;
+    // The host zeroes the counts and the ranks (sort_rank adds into both); the rest starts as garbage.
+    std::vector<int32_t> cnt(chunks * keys, 0), rank(nidx, 0), total(keys, -1), base(keys, -1), sorted(nidx, -1);
+    emu::launch(dim3(chunks, chunk / slice), dim3(chunk), sort_rank, idx, nidx, size, rank.data(), cnt.data());
     emu::launch(dim3(grid_for(keys, THREADS)), dim3(THREADS), sort_count, cnt.data(), (int)chunks, size, total.data());
     emu::launch(dim3(1), dim3(1024), sort_base, (const int32_t*)total.data(), keys, base.data());
     emu::launch(dim3(grid_for(nidx, THREADS)), dim3(THREADS), sort_place, idx, nidx, size, (int)chunk,
@@ -114,41 +112,59 @@ const char* launch_add(T* out, const int64_t* idx, const T* src, int64_t outer, 
     for (int64_t k = 0; k < nidx; ++k) same = same && sorted[k] == want[k];
     check(std::string("stable counting sort of ") + std::to_string(nidx) + " indices into " + std::to_string(size) + " rows",
           same, same ? "" : "positions out of order");
+    if (size == 0 || inner == 0) return;
+    if (fresh) {
+        const int64_t rows = outer * size, warps = THREADS / 32;
+        emu::launch(dim3(grid_for(rows, warps)), dim3(THREADS), K<T>::zero_untouched, out, (const int32_t*)total.data(),
+                    outer, size, inner);
+    }
     unsigned threads = (unsigned)std::min<int64_t>((inner + 31) / 32 * 32, THREADS);
     const int64_t segments = (nidx + INDEX_SEGMENT - 1) / INDEX_SEGMENT;
     // NaN where no partial was written: a row reading a slot it does not own comes out NaN.
     std::vector<double> part(outer * segments * 2 * inner, NAN);
-    if (size > 0 && inner > 0) {
-        emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_segments, out, idx, (const int32_t*)sorted.data(),
-                    (const int32_t*)base.data(), (const int32_t*)total.data(), src, part.data(), size, inner, nidx);
-        emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_finish, out, idx, (const int32_t*)sorted.data(),
-                    (const int32_t*)base.data(), (const int32_t*)total.data(), (const double*)part.data(), size, inner,
-                    nidx);
-    }
-    return " (sorted)";
+    emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_segments, out, idx, (const int32_t*)sorted.data(),
+                (const int32_t*)base.data(), (const int32_t*)total.data(), src, part.data(), size, inner, nidx, (int)fresh);
+    emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_finish, out, idx, (const int32_t*)sorted.data(),
+                (const int32_t*)base.data(), (const int32_t*)total.data(), (const double*)part.data(), size, inner, nidx,
+                (int)fresh);
 }
 
-// index_add along `dim`: out = x with src[o, k, j] added at [o, idx[k], j], k in order. Half types go through
-// f32 as index_add() does (the kernel then rounds each destination once, at the cast back).
-template <typename T> void add(Shape shape, int dim, size_t nidx, double skew = 0) {
+// A thread per column walking the indices (index_add), onto `out`.
+template <typename T>
+void launch_walking(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx) {
+    emu::launch(dim3(grid_for(outer * inner, THREADS)), dim3(THREADS), K<T>::add, out, idx, src, outer, size, inner, nidx);
+}
+
+// index_add along `dim` as index.rs runs it: out = x with src[o, k, j] added at [o, idx[k], j], k in order;
+// `zeros`: index_add_to_zeros (x ignored). From 256 indices on the sorted path, in the tensor's own type
+// (each destination gets its f64 sum rounded once), into zeros as a fresh buffer of garbage (NaN, or 99
+// for integers) it must overwrite everywhere; below that, the walking kernel, half types through f32.
+template <typename T> void add(Shape shape, int dim, size_t nidx, double skew = 0, bool zeros = false) {
     int64_t outer, size, inner;
     split(shape, dim, outer, size, inner);
     Buf<T> x(numel(shape)), src(outer * nidx * inner);
     fill(x);
+    if (zeros) x.fill(0);
     fill(src);
     std::vector<int64_t> idx = indices(nidx, size, skew);
     Buf<T> out(x.n);
     const char* kn;
-    if constexpr (sizeof(T) == 2 && !std::is_integral_v<T>) {
+    if (nidx >= 256) {
+        kn = zeros ? " (sorted, fresh)" : " (sorted)";
+        if (zeros) out.fill(std::is_integral_v<T> ? 99.0 : NAN);
+        else for (size_t i = 0; i < x.n; ++i) out[i] = x[i];  // the host's x.try_clone()
+        launch_sorted<T>(out.ptr(), idx.data(), src.ptr(), outer, size, inner, (int64_t)nidx, zeros);
+    } else if constexpr (sizeof(T) == 2 && !std::is_integral_v<T>) {
         Buf<float> wx(x.n), ws(src.n);
         for (size_t i = 0; i < x.n; ++i) wx[i] = (float)x.d(i);
         for (size_t i = 0; i < src.n; ++i) ws[i] = (float)src.d(i);
-        kn = launch_add<float>(wx.ptr(), idx.data(), ws.ptr(), outer, size, inner, (int64_t)nidx);
-        kn = std::string(kn).empty() ? " (f32 kernel)" : " (f32, sorted)";
+        launch_walking<float>(wx.ptr(), idx.data(), ws.ptr(), outer, size, inner, (int64_t)nidx);
+        kn = " (f32 kernel)";
         for (size_t i = 0; i < x.n; ++i) out[i] = from_d<T>(wx.d(i));
     } else {
-        for (size_t i = 0; i < x.n; ++i) out[i] = x[i];  // the host's x.clone()
-        kn = launch_add<T>(out.ptr(), idx.data(), src.ptr(), outer, size, inner, (int64_t)nidx);
+        for (size_t i = 0; i < x.n; ++i) out[i] = x[i];
+        launch_walking<T>(out.ptr(), idx.data(), src.ptr(), outer, size, inner, (int64_t)nidx);
+        kn = "";
     }
     std::vector<double> ref(x.n);
     for (size_t i = 0; i < x.n; ++i) ref[i] = x.d(i);
@@ -160,8 +176,8 @@ template <typename T> void add(Shape shape, int dim, size_t nidx, double skew = 
             }
     if constexpr (sizeof(T) == 2) for (auto& r : ref) r = to_d(from_d<T>(r));
     char name[160];
-    snprintf(name, sizeof name, "index_add_%s%s %s dim=%d nidx=%zu skew=%g", tname<T>(), kn, shape_str(shape).c_str(), dim,
-             nidx, skew);
+    snprintf(name, sizeof name, "index_add%s_%s%s %s dim=%d nidx=%zu skew=%g", zeros ? "_to_zeros" : "", tname<T>(), kn,
+             shape_str(shape).c_str(), dim, nidx, skew);
     compare(name, out.ptr(), ref, tol<T>());
 }
 
@@ -232,6 +248,14 @@ template <typename T> void all() {
     add<T>({40, 300}, 0, 3000, 0.7);
     add<T>({3, 20, 2}, 1, 1024, 0.5);
     add<T>({64, 3}, 0, 256, 0.0);
+    // Into zeros (the embedding backward): rows no index names must come out 0 from garbage; rows of whole
+    // 16-byte packs, an outer dim, a short list (zeros then the walking kernel); all but the first leave
+    // most rows unnamed.
+    add<T>({40, 300}, 0, 3000, 0.7, true);
+    add<T>({600, 6}, 0, 700, 0.1, true);
+    add<T>({900, 16}, 0, 400, 0.3, true);
+    add<T>({3, 200, 8}, 1, 1024, 0.5, true);
+    add<T>({300, 40}, 0, 100, 0, true);
     // gather / scatter_add: first, middle and last dims, index dims smaller than x's outside `dim` and
     // longer than x's along it (repeats); a 1-D case.
     gather_scatter<T>({5, 4, 3}, {9, 4, 3}, 0);
@@ -255,5 +279,8 @@ int main() {
     add<float>({1000, 8}, 0, 8000);
     // A vocabulary past one tile of sort_base (1024 threads × SCAN_KEYS keys): the scan's carry across tiles.
     add<float>({40000, 2}, 0, 3000);
+    // Into a GPT-sized table gradient: most rows zeroed, 5000 ids with one taking 15%, rows of 8 packs.
+    add<float>({20000, 32}, 0, 5000, 0.15, true);
+    add<bf16>({20000, 16}, 0, 5000, 0.15, true);
     return finish("index");
 }

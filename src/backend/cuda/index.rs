@@ -50,12 +50,16 @@ pub(crate) fn index_add(
     idx_check("index_add", x, idx)?;
     same_device("index_add", x, src)?;
     same_dtype("index_add", x, src)?;
-    let base = |dt: DType| if dt == x.dtype() { x.try_clone() } else { cast_flat(x, dt) };
-    index_add_onto(base, shape, dim, idx, src)
+    let dims = split(shape, dim);
+    if sorts(dims, idx.len()) {
+        return index_add_sorted(Dest::Onto(x.try_clone()?), dims, idx, src);
+    }
+    index_add_walking(|dt| if dt == x.dtype() { x.try_clone() } else { cast_flat(x, dt) }, dims, idx, src)
 }
 
-/// index_add into zeros of `shape` (index_select's and embedding's backward): the zeros are written once
-/// where zeros then index_add would have filled a table and copied it (GPT-2's 154 MB in f32, per step).
+/// index_add into zeros of `shape` (index_select's and embedding's backward). On the sorted path every
+/// element of the table is written once: the rows the indices name get their sums stored, the others
+/// zeros; zeros then index_add would write the table, then read and write again every named row.
 pub(crate) fn index_add_to_zeros(
     shape: &[usize],
     dim: usize,
@@ -63,93 +67,117 @@ pub(crate) fn index_add_to_zeros(
     src: &CudaStorage,
 ) -> Result<CudaStorage> {
     idx_check("index_add", src, idx)?;
-    let numel = shape.iter().product();
-    index_add_onto(|dt| full(src.dev(), dt, numel, 0.0), shape, dim, idx, src)
-}
-
-/// index_add onto `base(dtype)`, a fresh buffer of `shape` in the dtype the sums run in. The kernel rounds
-/// each destination after every add; an embedding row's gradient sums one term per occurrence of its
-/// token in the batch (thousands), and in 8 bits small terms stop registering once the sum is a few
-/// hundred times larger. So half types add in f32 and round once, as the CPU backend (f64) and PyTorch's
-/// embedding backward do.
-fn index_add_onto(
-    base: impl FnOnce(DType) -> Result<CudaStorage>,
-    shape: &[usize],
-    dim: usize,
-    idx: &CudaStorage,
-    src: &CudaStorage,
-) -> Result<CudaStorage> {
-    if is_half(src.dtype()) {
-        let wide = index_add_into(base(DType::F32)?, shape, dim, idx, &cast_flat(src, DType::F32)?)?;
-        return cast_flat(&wide, src.dtype());
+    let (dims, numel) = (split(shape, dim), shape.iter().product());
+    if sorts(dims, idx.len()) {
+        return index_add_sorted(Dest::Fresh(CudaStorage::alloc(src.dev(), src.dtype(), numel)?), dims, idx, src);
     }
-    index_add_into(base(src.dtype())?, shape, dim, idx, src)
-}
-
-/// Adds `src` into `out` (a buffer of `shape` this call owns) at rows `idx` along `dim`.
-fn index_add_into(
-    out: CudaStorage,
-    shape: &[usize],
-    dim: usize,
-    idx: &CudaStorage,
-    src: &CudaStorage,
-) -> Result<CudaStorage> {
-    let (outer, size, inner) = split(shape, dim);
-    let n = idx.len();
-    if n >= SORTED_MIN_INDICES && size < i32::MAX as usize && n < i32::MAX as usize && outer <= 65_535 {
-        return index_add_sorted(out, (outer, size, inner), idx, src);
-    }
-    launch!(out.dev(), kname("index_add", out.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
-        out.ptr(), idx.ptr(), src.ptr(), outer as i64, size as i64, inner as i64, idx.len() as i64)?;
-    Ok(out)
+    index_add_walking(|dt| full(src.dev(), dt, numel, 0.0), dims, idx, src)
 }
 
 /// From this many indices on, index_add sorts them (kernels/index.cu): one thread per column walking every
 /// index is a chain of dependent global read-modify-writes as long as the index list (an embedding's
 /// backward walks every token of the batch).
 const SORTED_MIN_INDICES: usize = 256;
+
+/// Whether index_add with `n` indices over (outer, size, inner) takes the sorted path: long index lists
+/// whose keys and positions fit the sort's 32-bit integers and whose outer dims fit a grid's y.
+fn sorts((outer, size, _): (usize, usize, usize), n: usize) -> bool {
+    n >= SORTED_MIN_INDICES && size < i32::MAX as usize && n < i32::MAX as usize && outer <= 65_535
+}
+
+/// index_add onto `base(dtype)`, a fresh buffer of `shape` in the dtype the sums run in, by a thread per
+/// column walking the indices (short index lists). The kernel rounds each destination after every add;
+/// in 8 bits small terms stop registering once a sum is a few hundred times larger, so half types add in
+/// f32 and round once, as the CPU backend (f64) and PyTorch's embedding backward do.
+fn index_add_walking(
+    base: impl FnOnce(DType) -> Result<CudaStorage>,
+    dims: (usize, usize, usize),
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    if is_half(src.dtype()) {
+        let wide = walk_indices(base(DType::F32)?, dims, idx, &cast_flat(src, DType::F32)?)?;
+        return cast_flat(&wide, src.dtype());
+    }
+    walk_indices(base(src.dtype())?, dims, idx, src)
+}
+
+/// Adds `src` into `out` at rows `idx`: the `index_add` kernel, a thread per column walking the indices.
+fn walk_indices(
+    out: CudaStorage,
+    (outer, size, inner): (usize, usize, usize),
+    idx: &CudaStorage,
+    src: &CudaStorage,
+) -> Result<CudaStorage> {
+    launch!(out.dev(), kname("index_add", out.dtype()), grid_for(outer * inner, THREADS), (THREADS, 1, 1);
+        out.ptr(), idx.ptr(), src.ptr(), outer as i64, size as i64, inner as i64, idx.len() as i64)?;
+    Ok(out)
+}
+
+/// Where the sorted index_add puts its sums: added onto a copy of the input (index_add), or stored into
+/// uninitialised memory whose other rows it zeroes (into zeros).
+enum Dest {
+    Onto(CudaStorage),
+    Fresh(CudaStorage),
+}
+
 /// Positions per chunk of the stable counting sort (its kernels' block size).
 const SORT_CHUNK: usize = 1024;
-
+/// Positions of a chunk one block of sort_rank compares against (SORT_SLICE in kernels/index.cu).
+const SORT_SLICE: usize = 64;
 /// Sorted positions a block of `index_add_segments` sums (INDEX_SEGMENT in kernels/index.cu).
 const INDEX_SEGMENT: usize = 64;
 
 /// index_add through a stable counting sort of the indices, then blocks of INDEX_SEGMENT sorted positions
 /// summing each destination row's sources in index order, the rows that span segments finished from f64
 /// partials in segment order (deterministic). A row's many sources (a frequent token's) are then spread
-/// over many blocks, not walked by one. The sort's buffers hold 32-bit integers in 4-byte storage.
+/// over many blocks, not walked by one. Each destination gets its f64 sum rounded once, so half types
+/// need no f32 copy. The sort's buffers hold 32-bit integers in 4-byte storage.
 fn index_add_sorted(
-    out: CudaStorage,
+    dest: Dest,
     (outer, size, inner): (usize, usize, usize),
     idx: &CudaStorage,
     src: &CudaStorage,
 ) -> Result<CudaStorage> {
+    let (out, fresh) = match dest {
+        Dest::Onto(out) => (out, false),
+        Dest::Fresh(out) => (out, true),
+    };
     let dev = out.dev();
     let (n, keys) = (idx.len(), size + 1);
     let chunks = n.div_ceil(SORT_CHUNK);
     let int32s = |len: usize| CudaStorage::alloc(dev, DType::F32, len);
-    // Zero counts: a chunk writes only the keys it holds. (0.0f32 has all bits 0.)
-    let cnt = full(dev, DType::F32, chunks * keys, 0.0)?;
-    let (rank, total, base, sorted) = (int32s(n)?, int32s(keys)?, int32s(keys)?, int32s(n)?);
-    launch!(dev, "sort_rank", (chunks as u32, 1, 1), (SORT_CHUNK as u32, 1, 1);
-        idx.ptr(), n as i64, size as i64, rank.ptr(), cnt.ptr())?;
-    launch!(dev, "sort_count", grid_for(keys, THREADS), (THREADS, 1, 1); cnt.ptr(), chunks as i32, size as i64, total.ptr())?;
+    // The chunks' key counts, then the positions' ranks, zeroed in one fill: sort_rank adds into both.
+    // (0.0f32 has all bits 0.)
+    let counts = full(dev, DType::F32, chunks * keys + n, 0.0)?;
+    let (cnt, rank) = (counts.ptr(), counts.ptr_at(chunks * keys));
+    let (total, base, sorted) = (int32s(keys)?, int32s(keys)?, int32s(n)?);
+    launch!(dev, "sort_rank", (chunks as u32, (SORT_CHUNK / SORT_SLICE) as u32, 1), (SORT_CHUNK as u32, 1, 1);
+        idx.ptr(), n as i64, size as i64, rank, cnt)?;
+    launch!(dev, "sort_count", grid_for(keys, THREADS), (THREADS, 1, 1); cnt, chunks as i32, size as i64, total.ptr())?;
     launch!(dev, "sort_base", (1, 1, 1), (1024, 1, 1); total.ptr(), keys as i64, base.ptr())?;
     launch!(dev, "sort_place", grid_for(n, THREADS), (THREADS, 1, 1);
-        idx.ptr(), n as i64, size as i64, SORT_CHUNK as i32, rank.ptr(), cnt.ptr(), base.ptr(), sorted.ptr())?;
-    if size > 0 && inner > 0 {
-        let segments = n.div_ceil(INDEX_SEGMENT);
-        // A head and a tail partial per segment and column; only those of rows spanning segments are
-        // written, and only those are read.
-        let part = CudaStorage::alloc(dev, DType::F64, outer * segments * 2 * inner)?;
-        let threads = (inner.div_ceil(32) * 32).min(THREADS as usize) as u32;
-        launch!(dev, kname("index_add_segments", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
-            out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), part.ptr(), size as i64,
-            inner as i64, n as i64)?;
-        launch!(dev, kname("index_add_segments_finish", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
-            out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), part.ptr(), size as i64, inner as i64,
-            n as i64)?;
+        idx.ptr(), n as i64, size as i64, SORT_CHUNK as i32, rank, cnt, base.ptr(), sorted.ptr())?;
+    if size == 0 || inner == 0 {
+        return Ok(out);
     }
+    if fresh {
+        // A warp per row of the table.
+        let (rows, warps) = (outer * size, THREADS as usize / 32);
+        launch!(dev, kname("index_zero_untouched", out.dtype()), grid_for(rows, warps as u32), (THREADS, 1, 1);
+            out.ptr(), total.ptr(), outer as i64, size as i64, inner as i64)?;
+    }
+    let segments = n.div_ceil(INDEX_SEGMENT);
+    // A head and a tail partial per segment and column; only those of rows spanning segments are written,
+    // and only those are read.
+    let part = CudaStorage::alloc(dev, DType::F64, outer * segments * 2 * inner)?;
+    let threads = (inner.div_ceil(32) * 32).min(THREADS as usize) as u32;
+    launch!(dev, kname("index_add_segments", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
+        out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), part.ptr(), size as i64,
+        inner as i64, n as i64, fresh as i32)?;
+    launch!(dev, kname("index_add_segments_finish", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
+        out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), part.ptr(), size as i64, inner as i64,
+        n as i64, fresh as i32)?;
     Ok(out)
 }
 
