@@ -157,22 +157,23 @@ template <typename T> __device__ __forceinline__ void store_sum(T* out, int64_t 
     out[d] = from_acc<T, double>(fresh ? sum : to_acc<double>(out[d]) + sum);
 }
 
-// Rows of out [outer, size, inner] that no index names (total[row] == 0) set to 0: with
-// index_add_segments(fresh) storing every other row once, an index_add into zeros writes the table once
-// (GPT-2's 154 MB in f32), where filling it and then adding into it wrote it once and read and wrote again
-// every row the batch names. A warp per row (rows found by a grid-stride loop; an element-wise loop would
-// divide by the row length per element), in 16-byte stores when rows are whole packs.
+// Rows of out [size, inner] (one outer index's) that no index names (total[row] == 0) set to 0, by
+// `blocks` blocks of which this is `block`: with index_add_segments storing every named row once, an
+// index_add into zeros writes the table once (GPT-2's 154 MB in f32), where filling it and then adding
+// into it wrote it once and read and wrote again every row the batch names. A warp per row (an
+// element-wise loop would divide by the row length per element), in 16-byte stores when rows are whole
+// packs.
 template <typename T>
-__device__ void index_zero_untouched_k(T* out, const int32_t* total, int64_t outer, int64_t size, int64_t inner) {
+__device__ void zero_untouched_rows(T* out, const int32_t* total, int64_t size, int64_t inner, int64_t block,
+                                    int64_t blocks) {
     typedef Pack<T> P;
     const bool packed = aligned16(out) && inner % P::N == 0;
     P zero;
 #pragma unroll
     for (int e = 0; e < P::N; ++e) zero.v[e] = from_acc<T, double>(0.0);
-    const int lane = threadIdx.x & 31;
-    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
-    for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < outer * size; r += warps) {
-        if (total[r % size] != 0) continue;
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int64_t r = block * warps + (threadIdx.x >> 5); r < size; r += blocks * warps) {
+        if (total[r] != 0) continue;
         T* row = out + r * inner;
         if (packed)
             for (int64_t j = lane; j < inner / P::N; j += 32) reinterpret_cast<P*>(row)[j] = zero;
@@ -195,16 +196,20 @@ __device__ void index_zero_untouched_k(T* out, const int32_t* total, int64_t out
 // its row at once; the segment's first run, if its row began in an earlier segment, goes to
 // part[.., 0, ..] (head), and its last run, if its row goes on into a later segment, to part[.., 1, ..]
 // (tail), for index_add_segments_finish. Out-of-range indices (key `size`) add nothing. `fresh`: out
-// holds nothing yet (an index_add into zeros), so a row's sum is stored, not added to what is there; the
-// rows no index names are zeroed by index_zero_untouched, and the table is written once, not zeroed and
-// then read and written again where indices land.
-// Grid (segments, outer); threads walk the columns.
+// holds nothing yet (an index_add into zeros), so a row's sum is stored, not added to what is there, and
+// the last `zero_blocks` blocks of each grid row zero the rows no index names (zero_untouched_rows): the
+// table is written once, and those writes stream beside the segments' reads, not in a launch of their own.
+// Grid (segments + zero_blocks, outer); threads walk the columns.
 template <typename T>
 __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base,
                                      const int32_t* total, const T* src, double* part, int64_t size, int64_t inner,
-                                     int64_t nidx, int fresh) {
+                                     int64_t nidx, int fresh, int zero_blocks) {
     __shared__ int32_t pos[INDEX_SEGMENT], key[INDEX_SEGMENT];
-    const int64_t seg = blockIdx.x, o = blockIdx.y, first = seg * INDEX_SEGMENT;
+    const int64_t seg = blockIdx.x, o = blockIdx.y, first = seg * INDEX_SEGMENT, segments = gridDim.x - zero_blocks;
+    if (seg >= segments) {
+        zero_untouched_rows(out + o * size * inner, total, size, inner, seg - segments, zero_blocks);
+        return;
+    }
     const int m = (int)min((int64_t)INDEX_SEGMENT, nidx - first);
     for (int u = threadIdx.x; u < m; u += blockDim.x) {
         pos[u] = sorted[first + u];
@@ -215,7 +220,7 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
     const bool starts_before = base[key[0]] < first;
     const bool goes_on = (int64_t)base[key[m - 1]] + total[key[m - 1]] > first + m;
     src += o * nidx * inner;
-    double* head = part + (o * gridDim.x + seg) * 2 * inner;
+    double* head = part + (o * segments + seg) * 2 * inner;
     double* tail = head + inner;
     for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
         double acc = 0;
@@ -323,14 +328,12 @@ __device__ void scatter_add_k(T* out, Strided xs, const int64_t* idx, Strided is
         index_add_k<T>(out, idx, src, outer, size, inner, nidx); } \
     extern "C" __global__ void index_add_segments_##S(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base, \
                                                       const int32_t* total, const T* src, double* part, int64_t size, \
-                                                      int64_t inner, int64_t nidx, int fresh) { \
-        index_add_segments_k<T>(out, idx, sorted, base, total, src, part, size, inner, nidx, fresh); } \
+                                                      int64_t inner, int64_t nidx, int fresh, int zero_blocks) { \
+        index_add_segments_k<T>(out, idx, sorted, base, total, src, part, size, inner, nidx, fresh, zero_blocks); } \
     extern "C" __global__ void index_add_segments_finish_##S(T* out, const int64_t* idx, const int32_t* sorted, \
                                                              const int32_t* base, const int32_t* total, const double* part, \
                                                              int64_t size, int64_t inner, int64_t nidx, int fresh) { \
         index_add_segments_finish_k<T>(out, idx, sorted, base, total, part, size, inner, nidx, fresh); } \
-    extern "C" __global__ void index_zero_untouched_##S(T* out, const int32_t* total, int64_t outer, int64_t size, int64_t inner) { \
-        index_zero_untouched_k<T>(out, total, outer, size, inner); } \
     extern "C" __global__ void gather_##S(const T* x, Strided xs, const int64_t* idx, Strided is, int dim, T* out, int64_t n) { \
         gather_k<T>(x, xs, idx, is, dim, out, n); } \
     extern "C" __global__ void scatter_add_##S(T* out, Strided xs, const int64_t* idx, Strided is, int dim, const T* src, int64_t lines) { \

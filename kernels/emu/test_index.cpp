@@ -12,7 +12,7 @@ template <typename T> struct K;
 #define KI(S, T) \
     template <> struct K<T> { \
         static constexpr auto select = index_select_##S, add = index_add_##S, add_segments = index_add_segments_##S, \
-            add_finish = index_add_segments_finish_##S, zero_untouched = index_zero_untouched_##S, \
+            add_finish = index_add_segments_finish_##S, \
             gather = gather_##S, scatter = scatter_add_##S; };
 KI(f32, float) KI(f64, double) KI(bf16, bf16) KI(f16, f16) KI(i64, int64_t) KI(u8, uint8_t)
 
@@ -91,7 +91,8 @@ template <typename T> void select(Shape shape, int dim, size_t nidx) {
 
 // index_add_sorted() on the host: the stable counting sort (checked against std::stable_sort), then blocks
 // of INDEX_SEGMENT sorted positions and the rows spanning segments finished (index_add_segments, _finish),
-// adding onto `out` or, `fresh`, storing into it with the rows no index names zeroed (index_zero_untouched).
+// adding onto `out` or, `fresh`, storing into it with the rows no index names zeroed (by blocks after the
+// segments' in index_add_segments).
 template <typename T>
 void launch_sorted(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx,
                    bool fresh) {
@@ -113,17 +114,15 @@ void launch_sorted(T* out, const int64_t* idx, const T* src, int64_t outer, int6
     check(std::string("stable counting sort of ") + std::to_string(nidx) + " indices into " + std::to_string(size) + " rows",
           same, same ? "" : "positions out of order");
     if (size == 0 || inner == 0) return;
-    if (fresh) {
-        const int64_t rows = outer * size, warps = THREADS / 32;
-        emu::launch(dim3(grid_for(rows, warps)), dim3(THREADS), K<T>::zero_untouched, out, (const int32_t*)total.data(),
-                    outer, size, inner);
-    }
     unsigned threads = (unsigned)std::min<int64_t>((inner + 31) / 32 * 32, THREADS);
     const int64_t segments = (nidx + INDEX_SEGMENT - 1) / INDEX_SEGMENT;
     // NaN where no partial was written: a row reading a slot it does not own comes out NaN.
     std::vector<double> part(outer * segments * 2 * inner, NAN);
-    emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_segments, out, idx, (const int32_t*)sorted.data(),
-                (const int32_t*)base.data(), (const int32_t*)total.data(), src, part.data(), size, inner, nidx, (int)fresh);
+    // Into zeros, blocks after the segments' zero the unnamed rows, each warp about four.
+    const int64_t zero_blocks = fresh ? std::min<int64_t>((size + 4 * threads / 32 - 1) / (4 * threads / 32), 4096) : 0;
+    emu::launch(dim3(segments + zero_blocks, outer), dim3(threads), K<T>::add_segments, out, idx,
+                (const int32_t*)sorted.data(), (const int32_t*)base.data(), (const int32_t*)total.data(), src,
+                part.data(), size, inner, nidx, (int)fresh, (int)zero_blocks);
     emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_finish, out, idx, (const int32_t*)sorted.data(),
                 (const int32_t*)base.data(), (const int32_t*)total.data(), (const double*)part.data(), size, inner, nidx,
                 (int)fresh);

@@ -56,7 +56,6 @@ pub fn kernel_names() -> Vec<String> {
             "index_add",
             "index_add_segments",
             "index_add_segments_finish",
-            "index_zero_untouched",
             "gather",
             "scatter_add",
             "transpose_copy",
