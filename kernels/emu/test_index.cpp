@@ -97,10 +97,11 @@ template <typename T>
 void launch_sorted(T* out, const int64_t* idx, const T* src, int64_t outer, int64_t size, int64_t inner, int64_t nidx,
                    bool fresh) {
     const int64_t chunk = 1024, slice = SORT_SLICE, chunks = (nidx + chunk - 1) / chunk, keys = size + 1;
-    // The host zeroes the counts and the ranks (sort_rank adds into both); the rest starts as garbage.
-    std::vector<int32_t> cnt(chunks * keys, 0), rank(nidx, 0), total(keys, -1), base(keys, -1), sorted(nidx, -1);
-    emu::launch(dim3(chunks, chunk / slice), dim3(chunk), sort_rank, idx, nidx, size, rank.data(), cnt.data());
-    emu::launch(dim3(grid_for(keys, THREADS)), dim3(THREADS), sort_count, cnt.data(), (int)chunks, size, total.data());
+    // The host zeroes the counts, the ranks and the totals (sort_rank adds into them); the rest starts as
+    // garbage.
+    std::vector<int32_t> cnt(chunks * keys, 0), rank(nidx, 0), total(keys, 0), base(keys, -1), sorted(nidx, -1);
+    emu::launch(dim3(chunks, chunk / slice), dim3(chunk), sort_rank, idx, nidx, size, rank.data(), cnt.data(),
+                total.data());
     emu::launch(dim3(1), dim3(1024), sort_base, (const int32_t*)total.data(), keys, base.data());
     emu::launch(dim3(grid_for(nidx, THREADS)), dim3(THREADS), sort_place, idx, nidx, size, (int)chunk,
                 (const int32_t*)rank.data(), (const int32_t*)cnt.data(), (const int32_t*)base.data(), sorted.data());

@@ -147,15 +147,14 @@ fn index_add_sorted(
     let (n, keys) = (idx.len(), size + 1);
     let chunks = n.div_ceil(SORT_CHUNK);
     let int32s = |len: usize| CudaStorage::alloc(dev, DType::F32, len);
-    // The chunks' key counts, then the positions' ranks, zeroed in one fill: sort_rank adds into both.
-    // (0.0f32 has all bits 0.)
-    let counts = full(dev, DType::F32, chunks * keys + n, 0.0)?;
-    let (cnt, rank) = (counts.ptr(), counts.ptr_at(chunks * keys));
-    let (total, base, sorted) = (int32s(keys)?, int32s(keys)?, int32s(n)?);
+    // The chunks' key counts, the positions' ranks and the keys' totals, zeroed in one fill: sort_rank
+    // adds into all three. (0.0f32 has all bits 0.)
+    let counts = full(dev, DType::F32, chunks * keys + n + keys, 0.0)?;
+    let (cnt, rank, total) = (counts.ptr(), counts.ptr_at(chunks * keys), counts.ptr_at(chunks * keys + n));
+    let (base, sorted) = (int32s(keys)?, int32s(n)?);
     launch!(dev, "sort_rank", (chunks as u32, (SORT_CHUNK / SORT_SLICE) as u32, 1), (SORT_CHUNK as u32, 1, 1);
-        idx.ptr(), n as i64, size as i64, rank, cnt)?;
-    launch!(dev, "sort_count", grid_for(keys, THREADS), (THREADS, 1, 1); cnt, chunks as i32, size as i64, total.ptr())?;
-    launch!(dev, "sort_base", (1, 1, 1), (1024, 1, 1); total.ptr(), keys as i64, base.ptr())?;
+        idx.ptr(), n as i64, size as i64, rank, cnt, total)?;
+    launch!(dev, "sort_base", (1, 1, 1), (1024, 1, 1); total, keys as i64, base.ptr())?;
     launch!(dev, "sort_place", grid_for(n, THREADS), (THREADS, 1, 1);
         idx.ptr(), n as i64, size as i64, SORT_CHUNK as i32, rank, cnt, base.ptr(), sorted.ptr())?;
     if size == 0 || inner == 0 {
@@ -170,10 +169,10 @@ fn index_add_sorted(
     // (GPT-2's 50257 rows: 1571 blocks of 8 warps).
     let zero_blocks = if fresh { size.div_ceil(4 * threads as usize / 32).min(4096) } else { 0 };
     launch!(dev, kname("index_add_segments", out.dtype()), ((segments + zero_blocks) as u32, outer as u32, 1), (threads, 1, 1);
-        out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), src.ptr(), part.ptr(), size as i64,
+        out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total, src.ptr(), part.ptr(), size as i64,
         inner as i64, n as i64, fresh as i32, zero_blocks as i32)?;
     launch!(dev, kname("index_add_segments_finish", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
-        out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total.ptr(), part.ptr(), size as i64, inner as i64,
+        out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total, part.ptr(), size as i64, inner as i64,
         n as i64, fresh as i32)?;
     Ok(out)
 }

@@ -19,9 +19,8 @@ const ALL: [&str; 6] = ["f32", "f64", "bf16", "f16", "i64", "u8"];
 
 /// Every kernel entry point the backend may launch.
 pub fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = ["copy_packs", "copy_into_packs", "sort_rank", "sort_count", "sort_base", "sort_place"]
-        .map(String::from)
-        .into();
+    let mut v: Vec<String> =
+        ["copy_packs", "copy_into_packs", "sort_rank", "sort_base", "sort_place"].map(String::from).into();
     let per = |v: &mut Vec<String>, fams: &[&str], types: &[&str]| {
         for f in fams {
             for t in types {
