@@ -187,6 +187,70 @@ __device__ void zero_untouched_rows(T* out, const int32_t* total, int64_t size, 
 // H200, against 31 µs for the same shapes with uniformly random tokens.
 #define INDEX_SEGMENT 64
 
+// One segment's sorted positions and their keys (in shared memory), and whether its first run's row
+// began in an earlier segment and its last run's goes on into a later one.
+struct SegmentRuns {
+    const int32_t *pos, *key;
+    int m;
+    bool starts_before, goes_on;
+};
+
+// W consecutive columns of a row: one 16-byte load or store when W is a pack's worth, which keeps 16
+// bytes a source in flight per thread instead of one value (GPT-2's 768-wide f32 rows: 192 threads of
+// 4 columns, one pass).
+template <typename T, int W> struct alignas(W * sizeof(T)) Cols {
+    T v[W];
+};
+
+// A segment's sums, W columns a thread: each run's sources in order, in f64, SORTED_BATCH loads in flight;
+// a run's sum goes to out's row (stored when fresh, else added), or to the segment's head or tail
+// partials (head[0..inner] then tail[0..inner]) when its row spans segments.
+template <typename T, int W>
+__device__ void sum_segment_runs(T* out, const T* src, double* head, const SegmentRuns& r, int64_t size, int64_t inner,
+                                 int fresh) {
+    typedef Cols<T, W> C;
+    double* tail = head + inner;
+    for (int64_t j = (int64_t)threadIdx.x * W; j < inner; j += (int64_t)blockDim.x * W) {
+        double acc[W];
+#pragma unroll
+        for (int w = 0; w < W; ++w) acc[w] = 0;
+        int lo = 0;
+        for (int p = 0; p < r.m; p += SORTED_BATCH) {
+            C b[SORTED_BATCH];
+#pragma unroll
+            for (int u = 0; u < SORTED_BATCH; ++u)
+                if (p + u < r.m) b[u] = *reinterpret_cast<const C*>(src + (int64_t)r.pos[p + u] * inner + j);
+#pragma unroll
+            for (int u = 0; u < SORTED_BATCH; ++u) {
+                const int q = p + u;
+                if (q >= r.m) break;
+#pragma unroll
+                for (int w = 0; w < W; ++w) acc[w] += to_acc<double>(b[u].v[w]);
+                if (q + 1 < r.m && r.key[q + 1] == r.key[q]) continue;
+                // The run [lo, q] ends here.
+                const int32_t v = r.key[q];
+                if (v < size) {
+                    double* partial = lo == 0 && r.starts_before ? head : q + 1 == r.m && r.goes_on ? tail : nullptr;
+                    if (partial) {
+#pragma unroll
+                        for (int w = 0; w < W; ++w) partial[j + w] = acc[w];
+                    } else {
+                        C& d = *reinterpret_cast<C*>(out + v * inner + j);
+                        C sum;
+#pragma unroll
+                        for (int w = 0; w < W; ++w)
+                            sum.v[w] = from_acc<T, double>(fresh ? acc[w] : to_acc<double>(d.v[w]) + acc[w]);
+                        d = sum;
+                    }
+                }
+#pragma unroll
+                for (int w = 0; w < W; ++w) acc[w] = 0;
+                lo = q + 1;
+            }
+        }
+    }
+}
+
 // The sum over the sorted positions of one segment, column by column, run by run (a run: the segment's
 // positions of one destination row), in f64 in index order. A run wholly inside the segment is added to
 // its row at once; the segment's first run, if its row began in an earlier segment, goes to
@@ -195,7 +259,8 @@ __device__ void zero_untouched_rows(T* out, const int32_t* total, int64_t size, 
 // holds nothing yet (an index_add into zeros), so a row's sum is stored, not added to what is there, and
 // the last `zero_blocks` blocks of each grid row zero the rows no index names (zero_untouched_rows): the
 // table is written once, and those writes stream beside the segments' reads, not in a launch of their own.
-// Grid (segments + zero_blocks, outer); threads walk the columns.
+// Grid (segments + zero_blocks, outer); threads walk the columns, a 16-byte pack at a time when rows are
+// whole packs (8 values for one-byte types).
 template <typename T>
 __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* sorted, const int32_t* base,
                                      const int32_t* total, const T* src, double* part, int64_t size, int64_t inner,
@@ -217,34 +282,13 @@ __device__ void index_add_segments_k(T* out, const int64_t* idx, const int32_t* 
     const bool goes_on = (int64_t)base[key[m - 1]] + total[key[m - 1]] > first + m;
     src += o * nidx * inner;
     double* head = part + (o * segments + seg) * 2 * inner;
-    double* tail = head + inner;
-    for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
-        double acc = 0;
-        int lo = 0;
-        for (int p = 0; p < m; p += SORTED_BATCH) {
-            T b[SORTED_BATCH];
-#pragma unroll
-            for (int u = 0; u < SORTED_BATCH; ++u)
-                if (p + u < m) b[u] = src[(int64_t)pos[p + u] * inner + j];
-#pragma unroll
-            for (int u = 0; u < SORTED_BATCH; ++u) {
-                const int q = p + u;
-                if (q >= m) break;
-                acc += to_acc<double>(b[u]);
-                if (q + 1 < m && key[q + 1] == key[q]) continue;
-                // The run [lo, q] ends here.
-                const int32_t v = key[q];
-                if (v < size) {
-                    if (lo == 0 && starts_before) head[j] = acc;
-                    else if (q + 1 == m && goes_on) tail[j] = acc;
-                    else {
-                        store_sum(out, (o * size + v) * inner + j, acc, fresh);
-                    }
-                }
-                acc = 0, lo = q + 1;
-            }
-        }
-    }
+    const SegmentRuns runs{pos, key, m, starts_before, goes_on};
+    // At most 8 columns a thread: 16 one-byte columns took 230 registers (f64 sums of 8 loads of 16).
+    constexpr int W = Pack<T>::N < 8 ? Pack<T>::N : 8;
+    if (aligned16(src) && aligned16(out) && inner % W == 0)
+        sum_segment_runs<T, W>(out + o * size * inner, src, head, runs, size, inner, fresh);
+    else
+        sum_segment_runs<T, 1>(out + o * size * inner, src, head, runs, size, inner, fresh);
 }
 
 // The rows that span segments: out[o, v, j] += tail of the row's first segment + the heads of the

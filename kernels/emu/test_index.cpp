@@ -115,7 +115,10 @@ void launch_sorted(T* out, const int64_t* idx, const T* src, int64_t outer, int6
     check(std::string("stable counting sort of ") + std::to_string(nidx) + " indices into " + std::to_string(size) + " rows",
           same, same ? "" : "positions out of order");
     if (size == 0 || inner == 0) return;
-    unsigned threads = (unsigned)std::min<int64_t>((inner + 31) / 32 * 32, THREADS);
+    // A thread per column, or per 16-byte pack of columns (8 one-byte ones) when rows are whole packs.
+    const int64_t pack = std::min<int64_t>(16 / sizeof(T), 8), cols = inner % pack == 0 ? inner / pack : inner;
+    unsigned threads = (unsigned)std::min<int64_t>((cols + 31) / 32 * 32, THREADS);
+    unsigned finish_threads = (unsigned)std::min<int64_t>((inner + 31) / 32 * 32, THREADS);
     const int64_t segments = (nidx + INDEX_SEGMENT - 1) / INDEX_SEGMENT;
     // NaN where no partial was written: a row reading a slot it does not own comes out NaN.
     std::vector<double> part(outer * segments * 2 * inner, NAN);
@@ -124,7 +127,7 @@ void launch_sorted(T* out, const int64_t* idx, const T* src, int64_t outer, int6
     emu::launch(dim3(segments + zero_blocks, outer), dim3(threads), K<T>::add_segments, out, idx,
                 (const int32_t*)sorted.data(), (const int32_t*)base.data(), (const int32_t*)total.data(), src,
                 part.data(), size, inner, nidx, (int)fresh, (int)zero_blocks);
-    emu::launch(dim3(segments, outer), dim3(threads), K<T>::add_finish, out, idx, (const int32_t*)sorted.data(),
+    emu::launch(dim3(segments, outer), dim3(finish_threads), K<T>::add_finish, out, idx, (const int32_t*)sorted.data(),
                 (const int32_t*)base.data(), (const int32_t*)total.data(), (const double*)part.data(), size, inner, nidx,
                 (int)fresh);
 }
@@ -256,6 +259,11 @@ template <typename T> void all() {
     add<T>({900, 16}, 0, 400, 0.3, true);
     add<T>({3, 200, 8}, 1, 1024, 0.5, true);
     add<T>({300, 40}, 0, 100, 0, true);
+    // Packs of columns (rows of whole 16-byte packs for every type) with a row spanning segments, onto a
+    // table and into zeros; more packs than a block's threads (two passes).
+    add<T>({40, 304}, 0, 3000, 0.7);
+    add<T>({40, 304}, 0, 3000, 0.7, true);
+    add<T>({30, 2064}, 0, 600, 0.5, true);
     // gather / scatter_add: first, middle and last dims, index dims smaller than x's outside `dim` and
     // longer than x's along it (repeats); a 1-D case.
     gather_scatter<T>({5, 4, 3}, {9, 4, 3}, 0);
