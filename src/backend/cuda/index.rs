@@ -170,7 +170,7 @@ fn index_add_sorted(
     let cols = if inner.is_multiple_of(pack) { inner / pack } else { inner };
     let threads = (cols.div_ceil(32) * 32).min(THREADS as usize) as u32;
     // Into zeros, blocks after the segments' zero the rows no index names, each warp about four rows
-    // (GPT-2's 50257 rows: 1571 blocks of 8 warps).
+    // (GPT-2: 50257 rows of 768 f32 columns, 192 threads a block: 2095 blocks).
     let zero_blocks = if fresh { size.div_ceil(4 * threads as usize / 32).min(4096) } else { 0 };
     launch!(dev, kname("index_add_segments", out.dtype()), ((segments + zero_blocks) as u32, outer as u32, 1), (threads, 1, 1);
         out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total, src.ptr(), part.ptr(), size as i64,
