@@ -52,8 +52,8 @@ __device__ __forceinline__ int32_t sort_key(const int64_t* idx, int64_t k, int64
 
 // Positions of a chunk one block of sort_rank compares against. Ranking a chunk is a comparison of each
 // position with every one before it; one block per 1024-position chunk left GPT-2's 16 chunks on 16 of an
-// H200's 132 SMs, each thread walking up to 1023 keys (about 8 instructions a key: ~30 µs, as long as
-// writing the whole 154 MB table gradient). Slices of the chunk spread that over chunk / SORT_SLICE blocks.
+// H200's 132 SMs, each thread walking up to 1023 keys (about 8 instructions a key in its SASS: some
+// 30 µs by that count, not measured; as long as writing the whole 154 MB table gradient). Slices of the chunk spread that over chunk / SORT_SLICE blocks.
 #define SORT_SLICE 64
 
 // Grid (chunks, chunk / SORT_SLICE), block (chunk): block (c, s) adds to rank[k], for each position k of
@@ -235,6 +235,8 @@ __device__ void sum_segment_runs(T* out, const T* src, double* head, const Segme
 #pragma unroll
                         for (int w = 0; w < W; ++w) partial[j + w] = acc[w];
                     } else {
+                        // store_sum's rule for W columns, written out: through a store_sums helper the
+                        // f32 kernel took 88 registers instead of 79.
                         C& d = *reinterpret_cast<C*>(out + v * inner + j);
                         C sum;
 #pragma unroll
