@@ -168,15 +168,16 @@ fn index_add_sorted(
     // kernel reads them so when the pointers are 16-byte aligned, as the allocator's are).
     let pack = (16 / out.dtype().size_in_bytes()).min(8);
     let cols = if inner.is_multiple_of(pack) { inner / pack } else { inner };
-    let threads = (cols.div_ceil(32) * 32).min(THREADS as usize) as u32;
+    // Whole warps, one thread per column (or pack), at most THREADS.
+    let threads_for = |cols: usize| (cols.div_ceil(32) * 32).min(THREADS as usize) as u32;
+    let threads = threads_for(cols);
     // Into zeros, blocks after the segments' zero the rows no index names, each warp about four rows
     // (GPT-2: 50257 rows of 768 f32 columns, 192 threads a block: 2095 blocks).
     let zero_blocks = if fresh { size.div_ceil(4 * threads as usize / 32).min(4096) } else { 0 };
     launch!(dev, kname("index_add_segments", out.dtype()), ((segments + zero_blocks) as u32, outer as u32, 1), (threads, 1, 1);
         out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total, src.ptr(), part.ptr(), size as i64,
         inner as i64, n as i64, fresh as i32, zero_blocks as i32)?;
-    let threads = (inner.div_ceil(32) * 32).min(THREADS as usize) as u32;
-    launch!(dev, kname("index_add_segments_finish", out.dtype()), (segments as u32, outer as u32, 1), (threads, 1, 1);
+    launch!(dev, kname("index_add_segments_finish", out.dtype()), (segments as u32, outer as u32, 1), (threads_for(inner), 1, 1);
         out.ptr(), idx.ptr(), sorted.ptr(), base.ptr(), total, part.ptr(), size as i64, inner as i64,
         n as i64, fresh as i32)?;
     Ok(out)
