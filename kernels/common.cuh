@@ -3,8 +3,29 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#ifdef __CUDACC_RTC__
+// NVRTC (the CUDA 12 build of these kernels, build/nvrtc.rs) has no C library headers: the few integer
+// types and float constants the kernels use, defined here to what <stdint.h> and <math.h> give nvcc.
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef unsigned char uint8_t;
+typedef unsigned long long uintptr_t;
+#define INT64_MAX 9223372036854775807ll
+#define INT64_MIN (-INT64_MAX - 1)
+#define INFINITY __int_as_float(0x7f800000)
+#define NAN __int_as_float(0x7fc00000)
+#else
 #include <stdint.h>
-#include <type_traits>
+#endif
+
+// std::conditional and std::is_same, written out so that NVRTC, which has no <type_traits>, compiles
+// the same source.
+template <bool B, typename T, typename F> struct Choose { typedef T type; };
+template <typename T, typename F> struct Choose<false, T, F> { typedef F type; };
+template <typename A, typename B> struct SameType { static const bool value = false; };
+template <typename A> struct SameType<A, A> { static const bool value = true; };
 
 typedef __nv_bfloat16 bf16;
 typedef __half f16;
@@ -49,7 +70,7 @@ template <> __device__ __forceinline__ uint8_t from_acc<uint8_t, double>(double 
 // A value converted between element types. Same type: the value. Otherwise through f64, which matches the
 // CPU backend's rounding for every pair (bf16/f16 <-> f32 are exact through f64 too).
 template <typename S, typename D> __device__ __forceinline__ D convert(S x) {
-    if constexpr (std::is_same<S, D>::value) return x;
+    if constexpr (SameType<S, D>::value) return x;
     else return from_acc<D, double>(to_acc<double>(x));
 }
 
@@ -311,7 +332,7 @@ template <typename T> struct RowPacks { static const int P = ROW_VALS / Pack<T>:
 // must hold at that width, bounding registers: 64 for 16-bit rows, 80 for f32 (32 values a thread in
 // either), none for f64, whose 32 values alone take 64 registers.
 #define ROW_CACHED_THREADS 256
-template <typename T> constexpr int row_cached_blocks() { return sizeof(T) == 2 ? 4 : sizeof(T) == 4 ? 3 : 1; }
+template <typename T> __host__ __device__ constexpr int row_cached_blocks() { return sizeof(T) == 2 ? 4 : sizeof(T) == 4 ? 3 : 1; }
 
 // Loads this thread's packs of row `x` (n / Pack::N packs in total) widened to A; missing ones are `fill`.
 template <typename T, typename A>

@@ -73,7 +73,7 @@ __device__ void ce_bwd(const T* x, const int64_t* t, const typename Acc<T>::type
 // registers of 8 blocks; bf16 and f16 spill there and get the 40 of 6 blocks (unbounded they took 57:
 // 4 blocks); f64 is left unbounded.
 #define CE_FORWARD_THREADS 256
-template <typename T> constexpr int ce_forward_blocks() { return sizeof(T) == 4 ? 8 : sizeof(T) == 2 ? 6 : 1; }
+template <typename T> __host__ __device__ constexpr int ce_forward_blocks() { return sizeof(T) == 4 ? 8 : sizeof(T) == 2 ? 6 : 1; }
 
 #define CE(S, T) \
     extern "C" __global__ void __launch_bounds__(CE_FORWARD_THREADS, ce_forward_blocks<T>()) \

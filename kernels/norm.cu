@@ -78,7 +78,7 @@ __device__ void norm_fwd_rows(const T* x, const T* w, const T* b, T* y, typename
     // Per-thread sums: f64 from the first value on for f32 and f64 (the cancellation in E[d²] − E[d]² then
     // eats into f64's digits); 16-bit rows (8 or 11 bits of mantissa) sum their at most ROW_VALS values in
     // f32 and reduce across threads in f64, sparing a conversion per value.
-    typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
+    typedef typename Choose<sizeof(T) == 2, float, double>::type S;
     const int NR = PAIRS ? 2 : 1;  // rows per reduction
     __shared__ double2 sh[64 * NR];  // two halves, alternating by reduction (block_sum2_of_warps_alternating)
     int parity = 0;

@@ -153,7 +153,7 @@ template <typename T>
 __device__ void softmax_bwd_rows(const T* y, const T* g, T* dx, int64_t rows, int64_t n, int log_, int stages) {
     typedef typename Acc<T>::type A;
     typedef Pack<T> P;
-    typedef typename std::conditional<sizeof(T) == 2, float, double>::type S;
+    typedef typename Choose<sizeof(T) == 2, float, double>::type S;
     __shared__ double sh[32];
     DYNAMIC_SHARED(P, shared);
     const T* const src[2] = {y, g};
