@@ -6,6 +6,14 @@
 //! (registers, spills per kernel) is kept in OUT_DIR and copied to <target>/munja-kernels/.
 //! Without nvcc the build still succeeds (CPU-only) with one warning; asking for a CUDA device is then an Err.
 //! No --use_fast_math: the kernels must match the CPU backend's f32 results to 1e-5.
+//!
+//! When that nvcc is CUDA 13 or newer, its output needs a CUDA 13 driver, so the same sources are also
+//! compiled by NVRTC 12 (build/nvrtc.rs) into one cubin per architecture for CUDA 12 drivers; the crate
+//! picks one of the two at run time by the driver's version (src/backend/cuda/images.rs). The toolkit
+//! versions and the CUDA 12 cubins reach the crate through a generated `kernel_images.rs`.
+
+#[path = "build/nvrtc.rs"]
+mod nvrtc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +43,8 @@ fn run(cmd: &mut Command, what: &str) -> String {
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
-    for v in ["CUDA_HOME", "CUDA_PATH", "MUNJA_CUDA_ARCHS", "MUNJA_CUDA_LINEINFO", "PATH"] {
+    println!("cargo:rerun-if-changed=build");
+    for v in ["CUDA_HOME", "CUDA_PATH", "MUNJA_CUDA_ARCHS", "MUNJA_CUDA_LINEINFO", "MUNJA_CUDA12_HOME", "PATH"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -59,17 +68,29 @@ fn main() {
         );
         std::fs::write(&fatbin, b"").unwrap();
         std::fs::write(&report, "").unwrap();
+        write_images(&out, (0, 0), None, &[]);
         return;
     };
+    let toolkit = nvcc_release(&nvcc);
+    // CUDA 12 and older nvcc output loads on CUDA 12 and 13 drivers alike; CUDA 13's needs the CUDA 12 build.
+    let cuda12 = if toolkit.0 >= 13 { nvrtc::find(Path::new(env!("CARGO_MANIFEST_DIR"))) } else { None };
+    if toolkit.0 >= 13 && cuda12.is_none() {
+        println!(
+            "cargo:warning=munja: nvcc {}.{} kernels need a CUDA 13 driver (580+); for CUDA 12 drivers too, \
+             run scripts/setup-nvcc.sh (it installs NVRTC 12) or set MUNJA_CUDA12_HOME to a CUDA 12 toolkit",
+            toolkit.0, toolkit.1
+        );
+    }
+    let cuda12_version = cuda12.as_ref().map(nvrtc::version);
     let bin = nvcc.parent().unwrap().to_path_buf();
 
-    // One translation unit that includes every family, so the fatbin holds them all in one module.
+    // One translation unit that includes every family (found through -I kernels), so the fatbin holds
+    // them all in one module; NVRTC compiles the same text.
+    let kernels = std::fs::canonicalize("kernels").unwrap();
+    let source: String =
+        sources.iter().map(|s| format!("#include \"{}\"\n", s.file_name().unwrap().to_string_lossy())).collect();
     let all = out.join("munja_all.cu");
-    let mut text = String::new();
-    for s in &sources {
-        text.push_str(&format!("#include \"{}\"\n", std::fs::canonicalize(s).unwrap().display()));
-    }
-    std::fs::write(&all, text).unwrap();
+    std::fs::write(&all, &source).unwrap();
 
     let archs: Vec<String> = std::env::var("MUNJA_CUDA_ARCHS")
         .unwrap_or_else(|_| "80,90".into())
@@ -82,16 +103,31 @@ fn main() {
         .min_by_key(|a| a.trim_end_matches(char::is_alphabetic).parse::<u32>().unwrap_or(0))
         .cloned()
         .unwrap_or("80".into());
+    // Line info doubles the cubins; opt in for profiling with ncu.
+    let lineinfo = std::env::var_os("MUNJA_CUDA_LINEINFO").is_some();
     let common = |c: &mut Command| {
-        c.arg("-std=c++17").arg("-O3").arg("-I").arg(std::fs::canonicalize("kernels").unwrap());
-        // Line info doubles the cubins; opt in for profiling with ncu.
-        if std::env::var_os("MUNJA_CUDA_LINEINFO").is_some() {
+        c.arg("-std=c++17").arg("-O3").arg("-I").arg(&kernels);
+        if lineinfo {
             c.arg("-lineinfo");
         }
     };
 
-    // Every arch's cubin and the PTX compile in parallel threads (nvcc itself is single-threaded here).
-    let reports: Vec<(String, String)> = std::thread::scope(|sc| {
+    // Every arch's cubin, the PTX and the CUDA 12 cubins compile in parallel threads (nvcc itself is
+    // single-threaded here).
+    let (reports, cuda12_builds): (Vec<(String, String)>, Vec<Cuda12Cubin>) = std::thread::scope(|sc| {
+        let cuda12_jobs: Vec<_> = match &cuda12 {
+            Some(nv) => archs
+                .iter()
+                .map(|a| {
+                    let (source, kernels) = (&source, &kernels);
+                    sc.spawn(move || {
+                        let (cubin, log) = nvrtc::compile(nv, source, kernels, a, lineinfo);
+                        Cuda12Cubin { arch: a.clone(), cubin, log }
+                    })
+                })
+                .collect(),
+            None => vec![],
+        };
         let mut handles = vec![];
         for a in &archs {
             let (nvcc, all, out) = (&nvcc, &all, &out);
@@ -110,7 +146,10 @@ fn main() {
             c.arg("-ptx").arg(format!("-arch=compute_{pa}")).arg(all).arg("-o").arg(out.join("munja.ptx"));
             ("ptx".into(), run(&mut c, "nvcc (ptx)"))
         }));
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        (
+            handles.into_iter().map(|h| h.join().unwrap()).collect(),
+            cuda12_jobs.into_iter().map(|h| h.join().unwrap()).collect(),
+        )
     });
 
     let mut fb = Command::new(bin.join("fatbinary"));
@@ -129,11 +168,64 @@ fn main() {
 
     let text: String = reports.iter().filter(|(a, _)| a != "ptx").map(|(_, r)| r.as_str()).collect();
     std::fs::write(&report, &text).unwrap();
+    let cuda12_text: String = cuda12_builds.iter().map(|b| b.log.as_str()).collect();
+    std::fs::write(out.join("ptxas_report_cuda12.txt"), &cuda12_text).unwrap();
     // <target>/<profile>/build/munja-<hash>/out -> <target>/munja-kernels/
     if let Some(target) = out.ancestors().nth(4) {
         let dir = target.join("munja-kernels");
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::write(dir.join("ptxas_report.txt"), &text);
+        let _ = std::fs::write(dir.join("ptxas_report_cuda12.txt"), &cuda12_text);
     }
+    let cubins: Vec<(String, PathBuf)> = cuda12_builds
+        .iter()
+        .map(|b| {
+            let path = out.join(format!("munja_cuda12_sm_{}.cubin", b.arch));
+            std::fs::write(&path, &b.cubin).unwrap();
+            (b.arch.clone(), path)
+        })
+        .collect();
+    write_images(&out, toolkit, cuda12_version, &cubins);
     println!("cargo:rustc-env=MUNJA_CUDA_ARCHS_BUILT={}", archs.join(","));
+}
+
+/// One architecture of the CUDA 12 build: its cubin and NVRTC's log (with the ptxas report).
+struct Cuda12Cubin {
+    arch: String,
+    cubin: Vec<u8>,
+    log: String,
+}
+
+/// The CUDA release of `nvcc` ("release 13.0," in `nvcc --version`) as (major, minor).
+fn nvcc_release(nvcc: &Path) -> (u32, u32) {
+    let out = Command::new(nvcc).arg("--version").output().unwrap_or_else(|e| panic!("{}: {e}", nvcc.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let release = text.split("release ").nth(1).and_then(|r| r.split(',').next()).unwrap_or("");
+    let mut parts = release.trim().split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => panic!("cannot read the CUDA release from `{} --version`:\n{text}", nvcc.display()),
+    }
+}
+
+/// Writes OUT_DIR/kernel_images.rs: the toolkit that built the fatbin, the NVRTC version of the CUDA 12
+/// cubins and the cubins themselves (architecture, bytes), and that build's ptxas report.
+fn write_images(out: &Path, toolkit: (u32, u32), cuda12: Option<(u32, u32)>, cubins: &[(String, PathBuf)]) {
+    let cuda12 = cuda12.unwrap_or((0, 0));
+    let mut rs = String::from("// Generated by build.rs.\n");
+    rs += &format!("pub const FATBIN_TOOLKIT: (u32, u32) = ({}, {});\n", toolkit.0, toolkit.1);
+    rs += &format!("pub const CUDA12_TOOLKIT: (u32, u32) = ({}, {});\n", cuda12.0, cuda12.1);
+    rs += "pub static CUDA12_CUBINS: &[(&str, &[u8])] = &[\n";
+    for (arch, path) in cubins {
+        rs += &format!("    ({arch:?}, include_bytes!({:?})),\n", path.display().to_string());
+    }
+    rs += "];\n";
+    rs += &format!(
+        "pub static CUDA12_PTXAS_REPORT: &str = include_str!({:?});\n",
+        out.join("ptxas_report_cuda12.txt").display().to_string()
+    );
+    if !out.join("ptxas_report_cuda12.txt").exists() {
+        std::fs::write(out.join("ptxas_report_cuda12.txt"), "").unwrap();
+    }
+    std::fs::write(out.join("kernel_images.rs"), rs).unwrap();
 }
