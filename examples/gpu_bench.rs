@@ -73,6 +73,7 @@ fn main() -> Result<()> {
     }
     cuda::set_tf32(false);
     let d = Device::Cuda(0);
+    println!("kernels: {}", cuda::kernel_image(d)?);
     let gb = |bytes: f64, ms: f32| bytes / (ms as f64 * 1e-3) / 1e9;
 
     // ---- ceiling: device-to-device copy of 1 GiB (bytes read + written) ----
@@ -93,7 +94,7 @@ fn main() -> Result<()> {
             f();
             let b = stream.record_event(Some(CU_EVENT_DEFAULT)).expect("event");
             b.synchronize().expect("sync");
-            ts.push(a.elapsed_ms(&b).expect("elapsed"));
+            ts.push(cuda::event_elapsed_ms(&a, &b).expect("elapsed"));
         }
         median(ts)
     };

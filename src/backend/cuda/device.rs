@@ -4,7 +4,7 @@
 use super::alloc::Allocator;
 use super::module::{Func, Module, NO_NVCC};
 use crate::{Device, Error, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaStream};
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -83,7 +83,8 @@ impl CudaDevice {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| unavailable(device, format!("{e:?}")))?;
         ctx.bind_to_thread().map_err(|e| unavailable(device, format!("{e:?}")))?;
-        let module = Module::load(device)?;
+        let module =
+            Module::load(device, compute_capability(&ctx).map_err(|e| unavailable(device, format!("{e:?}")))?)?;
         let d =
             Arc::new(CudaDevice { ordinal, ctx, stream, module, alloc: Allocator::default(), blas: Mutex::new(None) });
         if t.len() <= ordinal {
@@ -95,6 +96,11 @@ impl CudaDevice {
 
     pub(crate) fn device(&self) -> Device {
         Device::Cuda(self.ordinal)
+    }
+
+    /// Which kernel build this device loaded (images.rs), in words.
+    pub(crate) fn kernel_image(&self) -> &str {
+        &self.module.image
     }
 
     pub(crate) fn err(&self, op: &'static str, e: impl std::fmt::Debug) -> Error {
@@ -232,6 +238,48 @@ macro_rules! launch_shared {
 }
 pub(crate) use launch_shared;
 
+/// The device's compute capability, (major, minor).
+fn compute_capability(ctx: &CudaContext) -> std::result::Result<(u32, u32), cudarc::driver::DriverError> {
+    use sys::CUdevice_attribute::{
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+    };
+    // SAFETY: attribute queries of a device the context was made for; no side effects.
+    unsafe {
+        let major = result::device::get_attribute(ctx.cu_device(), MAJOR)?;
+        let minor = result::device::get_attribute(ctx.cu_device(), MINOR)?;
+        Ok((major.max(0) as u32, minor.max(0) as u32))
+    }
+}
+
+/// Which kernel build `device` loaded: "nvcc 13.0 fatbin (...) for a CUDA 13.0 driver" or "NVRTC 12.8
+/// cubin sm_90 for a CUDA 12.4 driver" (see `kernel_image_for`).
+pub fn kernel_image(device: Device) -> Result<String> {
+    let Device::Cuda(i) = device else {
+        return Err(Error::invalid("kernel_image", "the CPU runs no CUDA kernels"));
+    };
+    Ok(CudaDevice::get(i)?.kernel_image().to_string())
+}
+
+/// Milliseconds between two events recorded on one stream, once both have completed. Through the
+/// original cuEventElapsedTime, which every driver exports (drivers keep each entry point they ever had):
+/// cudarc built for CUDA 13 calls cuEventElapsedTime_v2, which drivers before CUDA 12.8 lack (cudarc then
+/// panics looking it up), and its bindings for CUDA 13 leave the original out.
+pub fn event_elapsed_ms(start: &CudaEvent, end: &CudaEvent) -> std::result::Result<f32, cudarc::driver::DriverError> {
+    type Elapsed = unsafe extern "C" fn(*mut f32, sys::CUevent, sys::CUevent) -> sys::CUresult;
+    static ELAPSED: OnceLock<Option<Elapsed>> = OnceLock::new();
+    // SAFETY: the driver's entry point of this name has this signature (cuda.h); events exist only with a
+    // driver loaded.
+    let elapsed =
+        ELAPSED.get_or_init(|| unsafe { sys::culib().get::<Elapsed>(b"cuEventElapsedTime").ok().map(|f| *f) });
+    let elapsed = elapsed.ok_or(cudarc::driver::DriverError(sys::CUresult::CUDA_ERROR_NOT_FOUND))?;
+    start.synchronize()?;
+    end.synchronize()?;
+    let mut ms = 0f32;
+    // SAFETY: both events are live, recorded and complete (synchronised above).
+    unsafe { elapsed(&mut ms, start.cu_event(), end.cu_event()) }.result()?;
+    Ok(ms)
+}
+
 /// Shared memory a block may take without opting in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
 /// static and dynamic together, on every GPU since Volta.
 const DEFAULT_SHARED_PER_BLOCK: usize = 48 * 1024;
@@ -261,7 +309,7 @@ pub fn time_ms(device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f32>
     f()?;
     let end = d.stream.record_event(flags).map_err(|e| d.err("time_ms", e))?;
     end.synchronize().map_err(|e| d.err("time_ms", e))?;
-    start.elapsed_ms(&end).map_err(|e| d.err("time_ms", e))
+    event_elapsed_ms(&start, &end).map_err(|e| d.err("time_ms", e))
 }
 
 #[cfg(test)]

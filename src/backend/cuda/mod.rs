@@ -13,6 +13,7 @@ mod alloc;
 mod blas;
 mod device;
 mod elementwise;
+mod images;
 mod index;
 mod lists;
 mod module;
@@ -27,7 +28,10 @@ mod storage;
 
 pub use alloc::driver_allocations;
 pub use blas::{set_tf32, tf32_enabled};
-pub use device::{device_count, is_available, kernel_launches, synchronize, time_ms};
+pub use device::{device_count, event_elapsed_ms, is_available, kernel_image, kernel_launches, synchronize, time_ms};
+pub use images::{
+    driver_version, kernel_image_for, CUDA12_CUBINS, CUDA12_PTXAS_REPORT, CUDA12_TOOLKIT, FATBIN_TOOLKIT,
+};
 pub use module::{kernel_names, FATBIN, PTXAS_REPORT};
 pub use profile::{profile_start, profile_stop, KernelTime, Profile};
 pub use storage::CudaStorage;

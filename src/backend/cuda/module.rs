@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::Mutex;
 
-/// The fatbin (SASS for each built architecture + compute_80 PTX); empty when built without nvcc.
+/// The nvcc build: a fatbin of SASS for each built architecture + compute_80 PTX; empty when built without
+/// nvcc. Devices whose driver is older than that nvcc load the CUDA 12 build instead (images.rs).
 pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/munja_kernels.fatbin"));
 /// ptxas -v output for every kernel and architecture (registers, spills); empty without nvcc.
 pub static PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas_report.txt"));
@@ -75,9 +76,10 @@ pub fn kernel_names() -> Vec<String> {
     v
 }
 
-/// The loaded module and a cache of looked-up functions.
+/// The loaded module, what it was loaded from, and a cache of looked-up functions.
 pub(crate) struct Module {
     module: sys::CUmodule,
+    pub(crate) image: String,
     funcs: Mutex<HashMap<&'static str, Func>>,
 }
 
@@ -91,13 +93,15 @@ unsafe impl Send for Module {}
 unsafe impl Sync for Module {}
 
 impl Module {
-    /// Loads the embedded fatbin into the current context (bound by the caller).
-    pub(crate) fn load(device: Device) -> Result<Module> {
+    /// Loads the embedded kernel build that suits the driver and a GPU of compute capability `cc`
+    /// (images.rs) into the current context (bound by the caller).
+    pub(crate) fn load(device: Device, cc: (u32, u32)) -> Result<Module> {
         if FATBIN.is_empty() {
             return Err(Error::DeviceUnavailable { op: "cuda", device, detail: NO_NVCC.into() });
         }
+        let (bytes, image) = super::images::image_for(device, cc)?;
         // The driver wants the image at a stable, aligned address: copy it into an 8-aligned buffer.
-        let words: Vec<u64> = FATBIN
+        let words: Vec<u64> = bytes
             .chunks(8)
             .map(|c| {
                 let mut b = [0u8; 8];
@@ -105,11 +109,11 @@ impl Module {
                 u64::from_le_bytes(b)
             })
             .collect();
-        // SAFETY: `words` holds a complete fatbin image and outlives the call (the driver copies it).
+        // SAFETY: `words` holds a complete fatbin or cubin image and outlives the call (the driver copies it).
         let module = unsafe { result::module::load_data(words.as_ptr() as *const _) }.map_err(|e| {
-            Error::DeviceUnavailable { op: "cuda", device, detail: format!("loading munja's kernels: {e:?}") }
+            Error::DeviceUnavailable { op: "cuda", device, detail: format!("loading munja's kernels ({image}): {e:?}") }
         })?;
-        Ok(Module { module, funcs: Mutex::new(HashMap::new()) })
+        Ok(Module { module, image, funcs: Mutex::new(HashMap::new()) })
     }
 
     pub(crate) fn func(&self, name: &'static str, device: Device) -> Result<Func> {

@@ -107,7 +107,8 @@ pub fn profile_stop() -> Result<Profile> {
     let mut by_name: HashMap<&'static str, (usize, f64)> = HashMap::new();
     for (name, start, end) in records {
         end.synchronize().map_err(|e| crate::Error::invalid("profile_stop", format!("{e:?}")))?;
-        let ms = start.elapsed_ms(&end).map_err(|e| crate::Error::invalid("profile_stop", format!("{e:?}")))?;
+        let ms = super::device::event_elapsed_ms(&start, &end)
+            .map_err(|e| crate::Error::invalid("profile_stop", format!("{e:?}")))?;
         let entry = by_name.entry(name).or_default();
         entry.0 += 1;
         entry.1 += ms as f64;
