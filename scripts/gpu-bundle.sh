@@ -17,17 +17,7 @@ if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null 2>&1; then
 fi
 echo "nvcc: ${CUDA_HOME:-$(dirname "$(command -v nvcc)")}" >&2
 
-# The test binary: ask cargo for its path rather than guessing the hash.
-suite="$(cargo test --release --no-run --test suite --message-format=json 2>/dev/null |
-    python3 -c 'import sys, json
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "suite" and m.get("executable"):
-        print(m["executable"])')"
-if [ -z "$suite" ]; then
-    cargo test --release --no-run --test suite >&2   # show the error
-    exit 1
-fi
+suite="$(bash scripts/suite-binary.sh)"
 cargo build --release --example gpu_bench --example ddp_bench --example gpt --bin munja-run >&2
 
 out="$root/gpu-bundle"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (CUDA 13 driver, no Rust, no network): every CUDA test with MUNJA_REQUIRE_GPU=1,
-# then the kernel benchmark and its summary table, then the Ddp overhead bench, and with
+# then the kernel benchmark and its summary table, the same tests and benchmark with the CUDA 12 kernel
+# build, then the Ddp overhead bench, and with
 # MUNJA_GPU_GPT_STEPS=N the GPT example (shakespeare-char, bf16) for N steps. On a machine without a GPU
 # it says so and exits 0.
 # Exit status: 0 when every test and every benchmark check passed (or there is no GPU), 1 otherwise.
@@ -52,6 +53,7 @@ bench_s=$(( $(date +%s) - start ))
 
 echo
 echo "CUDA tests (${test_s}s): $tests_line"
+grep '^kernels:' "$log/bench.txt"
 echo "benchmark (${bench_s}s, exit $bench_rc): median of 30 CUDA-event timings after warm-up; % of ceiling = vs d2d copy (GB/s) or cuBLAS on the same shape (TFLOP/s)"
 {
     echo "op|shape|time (us)|throughput|unit|% of ceiling|check vs f64"
@@ -81,6 +83,21 @@ echo "layer_norm two rows per reduction (MUNJA_NORM_PAIRS=1): CUDA test: ${pairs
 [ $pairs_rc -eq 0 ] || tail -n 20 "$log/tests-norm-pairs.txt"
 MUNJA_NORM_PAIRS=1 timeout 300 "$bin/gpu_bench" 2>&1 | grep '^RESULT|' | grep -E 'layer_norm' | cut -d'|' -f2-7 | tr '|' ' '
 [ $pairs_rc -eq 0 ] || test_rc=1
+
+# The CUDA 12 kernel build (NVRTC 12 cubins: what drivers before CUDA 13 load, images.rs), forced on this
+# driver, which loads it too: every CUDA test, then the benchmark table's rows with it.
+echo
+MUNJA_CUDA_KERNELS=cuda12 MUNJA_REQUIRE_GPU=1 timeout 300 "$bin/munja-suite" cuda:: --test-threads=1 \
+    >"$log/tests-cuda12.txt" 2>&1
+cuda12_rc=$?
+cuda12_line="$(grep -E '^test result:' "$log/tests-cuda12.txt" | tail -n1)"
+echo "CUDA 12 kernel build (MUNJA_CUDA_KERNELS=cuda12): CUDA tests: ${cuda12_line:-exit status $cuda12_rc}"
+[ $cuda12_rc -eq 0 ] || sed -n '/^failures:/,/^test result/p' "$log/tests-cuda12.txt" | head -n 40
+MUNJA_CUDA_KERNELS=cuda12 timeout 300 "$bin/gpu_bench" >"$log/bench-cuda12.txt" 2>&1
+grep '^kernels:' "$log/bench-cuda12.txt"
+grep '^RESULT|' "$log/bench-cuda12.txt" | cut -d'|' -f2-8 | tr '|' ' '
+[ $cuda12_rc -eq 0 ] || test_rc=1
+grep -q 'FAIL(' "$log/bench-cuda12.txt" && bench_rc=1
 
 # MUNJA_GPU_SKIP_E2E=1: tests and kernel benchmarks only (no Ddp bench, no GPT runs).
 if [ -n "${MUNJA_GPU_SKIP_E2E:-}" ]; then

@@ -110,6 +110,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The names of `kernel_names()` missing from a cubin.
+fn missing_kernels(cubin: &[u8]) -> Vec<String> {
+    cuda::kernel_names().into_iter().filter(|n| !contains(cubin, format!("{n}\0").as_bytes())).collect()
+}
+
 #[test]
 fn fatbin_has_every_kernel_for_sm80_and_sm90() {
     if cuda::FATBIN.is_empty() {
@@ -120,12 +125,42 @@ fn fatbin_has_every_kernel_for_sm80_and_sm90() {
     let images = cubins(cuda::FATBIN);
     for sm in [80, 90] {
         let img = images.iter().find(|(s, _)| *s == sm).unwrap_or_else(|| panic!("no sm_{sm} cubin in the fatbin"));
-        let missing: Vec<String> =
-            cuda::kernel_names().into_iter().filter(|n| !contains(img.1, format!("{n}\0").as_bytes())).collect();
+        let missing = missing_kernels(img.1);
         assert!(missing.is_empty(), "sm_{sm} lacks {missing:?}");
     }
     // The PTX for newer GPUs is there too (compressed, so only its presence is checked).
     assert!(contains(cuda::FATBIN, b"compute_80") || images.len() >= 2);
+}
+
+/// The CUDA 12 build (NVRTC 12 cubins, for drivers older than the nvcc that built the fatbin) holds every
+/// kernel for sm_80 and sm_90. Where MUNJA_CUDA12_HOME is set (CI sets it), a CUDA 13 nvcc's build must
+/// have one.
+#[test]
+fn cuda12_build_has_every_kernel_for_sm80_and_sm90() {
+    if cuda::CUDA12_CUBINS.is_empty() {
+        let expected = cuda::FATBIN_TOOLKIT.0 >= 13 && std::env::var_os("MUNJA_CUDA12_HOME").is_some();
+        assert!(!expected, "nvcc {:?} with MUNJA_CUDA12_HOME set, but no CUDA 12 build", cuda::FATBIN_TOOLKIT);
+        println!("skipped: no CUDA 12 build (nvcc {:?})", cuda::FATBIN_TOOLKIT);
+        return;
+    }
+    assert_eq!(cuda::CUDA12_TOOLKIT.0, 12, "the CUDA 12 build came from NVRTC {:?}", cuda::CUDA12_TOOLKIT);
+    for sm in ["80", "90"] {
+        let (_, cubin) = cuda::CUDA12_CUBINS.iter().find(|(a, _)| *a == sm).unwrap_or_else(|| panic!("no sm_{sm}"));
+        // A cubin of its own (not a fatbin), for that architecture.
+        let images = cubins(cubin);
+        assert_eq!(images.len(), 1, "sm_{sm}: {} ELF images", images.len());
+        assert_eq!(images[0].0, sm.parse::<u32>().unwrap(), "sm_{sm}: the ELF says sm_{}", images[0].0);
+        let missing = missing_kernels(cubin);
+        assert!(missing.is_empty(), "CUDA 12 sm_{sm} lacks {missing:?}");
+    }
+}
+
+/// The ptxas reports of the builds there are: nvcc's, and NVRTC 12's.
+fn ptxas_reports() -> Vec<(&'static str, &'static str)> {
+    [("nvcc", cuda::PTXAS_REPORT), ("cuda12", cuda::CUDA12_PTXAS_REPORT)]
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+        .collect()
 }
 
 #[test]
@@ -134,30 +169,32 @@ fn no_kernel_spills_registers_or_uses_local_memory() {
         println!("skipped: built without nvcc");
         return;
     }
-    // ptxas -v: "Compiling entry function 'NAME' for 'sm_XX'" ... "N bytes stack frame, S bytes spill stores, L bytes spill loads"
-    let mut current = String::new();
-    let mut bad = vec![];
-    let mut seen = 0;
-    for line in cuda::PTXAS_REPORT.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            current = rest.replace("' for '", " @ ").trim_end_matches('\'').to_string();
-            seen += 1;
-        }
-        if line.contains("spill stores") {
-            let num = |key: &str| -> u64 {
-                let i = line.find(key).unwrap();
-                line[..i].trim_end().rsplit([' ', ',']).next().unwrap_or("0").parse().unwrap_or(u64::MAX)
-            };
-            // A stack frame means local memory: only the Philox normal kernels may have one (the f64
-            // sin/cos argument reduction keeps a small local array on its rare slow path).
-            let stack_ok = num("bytes stack frame") == 0 || current.starts_with("normal_");
-            if num("bytes spill stores") != 0 || num("bytes spill loads") != 0 || !stack_ok {
-                bad.push(format!("{current}: {}", line.trim()));
+    for (build, report) in ptxas_reports() {
+        // ptxas -v: "Compiling entry function 'NAME' for 'sm_XX'" ... "N bytes stack frame, S bytes spill stores, L bytes spill loads"
+        let mut current = String::new();
+        let mut bad = vec![];
+        let mut seen = 0;
+        for line in report.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                current = rest.replace("' for '", " @ ").trim_end_matches('\'').to_string();
+                seen += 1;
+            }
+            if line.contains("spill stores") {
+                let num = |key: &str| -> u64 {
+                    let i = line.find(key).unwrap();
+                    line[..i].trim_end().rsplit([' ', ',']).next().unwrap_or("0").parse().unwrap_or(u64::MAX)
+                };
+                // A stack frame means local memory: only the Philox normal kernels may have one (the f64
+                // sin/cos argument reduction keeps a small local array on its rare slow path).
+                let stack_ok = num("bytes stack frame") == 0 || current.starts_with("normal_");
+                if num("bytes spill stores") != 0 || num("bytes spill loads") != 0 || !stack_ok {
+                    bad.push(format!("{current}: {}", line.trim()));
+                }
             }
         }
+        assert!(seen >= cuda::kernel_names().len(), "{build}: report lists only {seen} kernels");
+        assert!(bad.is_empty(), "{build}: kernels spill registers:\n{}", bad.join("\n"));
     }
-    assert!(seen >= cuda::kernel_names().len(), "report lists only {seen} kernels");
-    assert!(bad.is_empty(), "kernels spill registers:\n{}", bad.join("\n"));
 }
 
 /// The kernels the host may launch with 1024 threads per block (a block per row of up to any length, and the
@@ -179,23 +216,29 @@ fn kernels_launched_with_1024_threads_fit_the_register_file() {
     ];
     // Families whose names extend these but launch fewer threads (register-cached rows: at most 256).
     let narrow = ["softmax_rows_", "softmax_backward_rows_", "norm_forward_rows_", "norm_backward_x_rows_"];
-    let (mut current, mut bad, mut checked) = (String::new(), vec![], 0);
-    for line in cuda::PTXAS_REPORT.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            current = rest.split('\'').next().unwrap_or("").to_string();
-        }
-        let Some(used) = line.split("Used ").nth(1).and_then(|r| r.split(' ').next()?.parse::<u32>().ok()) else {
-            continue;
-        };
-        if wide.iter().any(|p| current.starts_with(p)) && !narrow.iter().any(|p| current.starts_with(p)) {
-            checked += 1;
-            if used > 64 {
-                bad.push(format!("{current}: {used} registers"));
+    for (build, report) in ptxas_reports() {
+        let (mut current, mut bad, mut checked) = (String::new(), vec![], 0);
+        for line in report.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                current = rest.split('\'').next().unwrap_or("").to_string();
+            }
+            let Some(used) = line.split("Used ").nth(1).and_then(|r| r.split(' ').next()?.parse::<u32>().ok()) else {
+                continue;
+            };
+            if wide.iter().any(|p| current.starts_with(p)) && !narrow.iter().any(|p| current.starts_with(p)) {
+                checked += 1;
+                if used > 64 {
+                    bad.push(format!("{current}: {used} registers"));
+                }
             }
         }
+        assert!(checked >= 2 * 22, "{build}: found only {checked} of the 1024-thread kernels in the ptxas report");
+        assert!(
+            bad.is_empty(),
+            "{build}: kernels launched with 1024 threads use more than 64 registers:\n{}",
+            bad.join("\n")
+        );
     }
-    assert!(checked >= 2 * 22, "found only {checked} of the 1024-thread kernels in the ptxas report");
-    assert!(bad.is_empty(), "kernels launched with 1024 threads use more than 64 registers:\n{}", bad.join("\n"));
 }
 
 #[test]
@@ -207,6 +250,39 @@ fn without_a_device_cuda_is_a_clear_err() {
     assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e}");
     if cuda::FATBIN.is_empty() {
         assert!(e.to_string().contains("munja was built without nvcc"), "{e}");
+    }
+}
+
+/// Under a real CUDA 12 driver library (scripts/check-cuda12-driver.sh puts Debian's libcuda 535, CUDA
+/// 12.2, on LD_LIBRARY_PATH and sets MUNJA_EXPECT_DRIVER=12.2): munja reads the driver's version, would
+/// load the CUDA 12 build on an A100 and an H100, and without a GPU says so as an `Err`, not a panic.
+#[test]
+fn a_cuda12_driver_gets_the_cuda12_build() {
+    let Ok(expected) = std::env::var("MUNJA_EXPECT_DRIVER") else {
+        println!("skipped: MUNJA_EXPECT_DRIVER is not set (scripts/check-cuda12-driver.sh sets it)");
+        return;
+    };
+    let version = cuda::driver_version().expect("no CUDA driver found");
+    assert_eq!(format!("{}.{}", version.0, version.1), expected, "driver version");
+    if cuda::FATBIN.is_empty() {
+        println!("built without nvcc: only the driver version is checked");
+        return;
+    }
+    for (cc, arch) in [((8, 0), "sm_80"), ((9, 0), "sm_90"), ((8, 6), "sm_80")] {
+        let image = cuda::kernel_image_for(cc).unwrap_or_else(|e| panic!("compute capability {cc:?}: {e}"));
+        let t = cuda::CUDA12_TOOLKIT;
+        let want = if cuda::FATBIN_TOOLKIT.0 > version.0 {
+            format!("NVRTC {}.{} cubin {arch}", t.0, t.1)
+        } else {
+            "nvcc".into()
+        };
+        assert!(image.contains(&want), "compute capability {cc:?} loads {image}, not {want}");
+    }
+    if !cuda::is_available() {
+        let e = Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).unwrap_err();
+        assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e}");
+        let mut timed = || Ok(());
+        assert!(cuda::time_ms(Device::Cuda(0), &mut timed).is_err(), "timing without a device");
     }
 }
 
